@@ -1,0 +1,174 @@
+"""The one typed configuration of a training run.
+
+`TrainConfig` is defined once: the command line (`python -m flows.train --help`) is generated from its
+fields, the Prefect flow takes it as its parameter and `deployment.yaml` uses the same keys. Every field
+has a default and a one-line reason. Unknown keys are an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import types
+import typing
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from linreg.errors import EXIT_BAD_INPUT, EXIT_FAILURE, InputError
+
+RUN_ID_PATTERN = re.compile(r"^(?:[A-Za-z][A-Za-z0-9._-]*|\d{8}T\d{6}Z-[0-9a-f]{4,})$")
+
+
+def _cli(flag: str | None = None, *, negate: str | None = None, metavar: str | None = None) -> dict:
+    return {"cli": {"flag": flag, "negate": negate, "metavar": metavar}}
+
+
+class TrainConfig(BaseModel):
+    """Everything a training run needs. Paths may be local or URIs that pyarrow understands."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # Inputs
+    weather: str = Field("data/sample/weather.parquet",
+                         description="Weather table: a Parquet file, a directory of files or a hive-partitioned dataset.")
+    yields: str = Field("data/sample/yields.parquet",
+                        description="Yields table, in any of the same forms as --weather.")
+    features: list[str] = Field(["temp", "rainfall", "humidity"],
+                                description="Numeric feature columns of the weather table.")
+    targets: list[str] = Field(["apples", "oranges"],
+                               description="Numeric target columns of the yields table.")
+    join_keys: Optional[list[str]] = Field(None, description="Join keys, region first (default: region, plus year "
+                                           "when both tables have it). The first key names the region used for "
+                                           "holdout.", json_schema_extra=_cli("--keys"))
+    time_column: str = Field("year", description="Column that --holdout-from-year compares against.")
+    max_drop_fraction: float = Field(0.5, ge=0, le=1, description="Fail when the join drops more than this "
+                                     "share of either table's rows, instead of training on a sliver.")
+
+    # Holdout split: whole regions, or later years
+    holdout_regions: Optional[list[str]] = Field(None, description="Explicit holdout regions (overrides "
+                                                 "--holdout-fraction).")
+    holdout_fraction: float = Field(0.2, ge=0, lt=1, description="Share of regions held out, chosen "
+                                    "deterministically from --seed; 0 trains on every row.")
+    holdout_from_year: Optional[int] = Field(None, description="Time split: rows with time column >= this "
+                                             "year are the holdout (overrides the region split).")
+
+    # Training
+    trainer: Literal["exact", "nn", "manual"] = Field("exact", description="exact: least squares (streaming "
+                                                       "QR, float64); nn: nn.Linear + SGD; manual: the seed's "
+                                                       "from-scratch gradient descent.")
+    epochs: int = Field(1000, ge=1, description="Maximum epochs of the gradient trainers; they stop earlier "
+                        "once the training loss stops improving (see --tol).")
+    lr: Optional[float] = Field(None, gt=0, description="Learning rate (default: 1/L from the largest "
+                                "eigenvalue of the features' second moments, as scikit-learn's SAG does).")
+    batch_size: Optional[int] = Field(None, ge=1, description="Rows per step (default: all rows for manual, "
+                                      "1024 for nn).")
+    tol: float = Field(1e-5, ge=0, description="Convergence: an epoch that lowers the training loss by less "
+                       "than tol (relative) does not count as progress; after --patience such epochs the "
+                       "learning rate is divided by 5, and training stops after 4 such cuts. 0 runs every epoch.")
+    patience: int = Field(5, ge=1, description="Epochs without progress before the learning rate is cut.")
+    seed: int = Field(0, description="Seeds the holdout choice, initial weights and shuffling.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where gradient trainers run; auto "
+                                                   "picks cuda when available.")
+    fit_intercept: bool = Field(True, description="Fit an intercept (--no-intercept fits through the origin).",
+                                json_schema_extra=_cli(negate="--no-intercept"))
+    standardize: bool = Field(True, description="Gradient trainers standardize features and targets; "
+                              "weights are always written in original units.",
+                              json_schema_extra=_cli(negate="--no-standardize"))
+
+    # Outputs
+    output: str = Field("output", description="Root of the output datasets (weights, metrics, predictions).")
+    run_id: Optional[str] = Field(None, description="Run id (default: UTC timestamp plus a random suffix). "
+                                  "Rerunning an id replaces that run.")
+
+    @field_validator("features", "targets")
+    @classmethod
+    def _non_empty_unique(cls, names: list[str]) -> list[str]:
+        if not names or any(not n for n in names):
+            raise ValueError("needs at least one non-empty column name")
+        if len(set(names)) != len(names):
+            raise ValueError(f"column names repeat: {names}")
+        return names
+
+    @field_validator("run_id")
+    @classmethod
+    def _run_id_text(cls, run_id: str | None) -> str | None:
+        if run_id is not None and not RUN_ID_PATTERN.match(run_id):
+            raise ValueError(f"{run_id!r} is not a valid run id: it must match [A-Za-z][A-Za-z0-9._-]* "
+                             "(text that no reader mistakes for a number or a date)")
+        return run_id
+
+    @model_validator(mode="after")
+    def _keys_and_columns_disjoint(self) -> "TrainConfig":
+        roles = {"feature": self.features, "target": self.targets, "key": self.join_keys or []}
+        seen: dict[str, str] = {}
+        for role, names in roles.items():
+            for name in names:
+                if name in seen:
+                    raise ValueError(f"column {name!r} is both a {seen[name]} and a {role}")
+                seen[name] = role
+        return self
+
+
+def _inner_type(annotation):
+    """(item type, is_list) of a field annotation such as Optional[list[str]]."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    if typing.get_origin(annotation) is list:
+        return typing.get_args(annotation)[0], True
+    return annotation, False
+
+
+def _comma_list(item_type):
+    def parse(text: str):
+        return [item_type(part.strip()) for part in text.split(",") if part.strip()]
+    return parse
+
+
+def build_parser(prog: str = "python -m flows.train", description: str | None = None) -> argparse.ArgumentParser:
+    """An argparse parser with one option per TrainConfig field (plus launcher options added by callers)."""
+    parser = argparse.ArgumentParser(
+        prog=prog, description=description,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog=f"Exit codes: 0 success; {EXIT_BAD_INPUT} bad input (data, configuration or command line); "
+               f"{EXIT_FAILURE} any other failure.")
+    for name, field in TrainConfig.model_fields.items():
+        extra = (field.json_schema_extra or {}).get("cli", {}) if isinstance(field.json_schema_extra, dict) else {}
+        if extra.get("negate"):
+            parser.add_argument(extra["negate"], dest=name, action="store_false", default=argparse.SUPPRESS,
+                                help=field.description)
+            continue
+        flags = [f for f in (extra.get("flag"), "--" + name.replace("_", "-")) if f]
+        item_type, is_list = _inner_type(field.annotation)
+        kwargs: dict = {"dest": name, "default": argparse.SUPPRESS, "help": field.description}
+        if typing.get_origin(item_type) is Literal:
+            kwargs["choices"] = list(typing.get_args(item_type))
+        elif is_list:
+            kwargs["type"] = _comma_list(item_type)
+            kwargs["metavar"] = "A,B,..."
+        elif item_type in (int, float, str):
+            kwargs["type"] = item_type
+        if field.default is not None and not isinstance(field.default, bool):
+            shown = ",".join(map(str, field.default)) if isinstance(field.default, list) else field.default
+            kwargs["help"] = f"{field.description} (default: {shown})"
+        parser.add_argument(*dict.fromkeys(flags), **kwargs)
+    return parser
+
+
+def config_from_args(namespace: argparse.Namespace) -> TrainConfig:
+    """TrainConfig from parsed arguments; bad values become an InputError naming the option."""
+    values = {k: v for k, v in vars(namespace).items() if k in TrainConfig.model_fields}
+    return make_config(**values)
+
+
+def make_config(**values) -> TrainConfig:
+    """TrainConfig(**values), with pydantic's errors turned into one readable InputError."""
+    try:
+        return TrainConfig(**values)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"]) or "configuration"
+            option = "--" + where.replace("_", "-") if where in TrainConfig.model_fields else where
+            problems.append(f"{option}: {err['msg']}")
+        raise InputError("Invalid configuration: " + "; ".join(problems) + ".") from None

@@ -1,0 +1,123 @@
+"""Join weather and yields on their keys with DuckDB, out of core, into one local Parquet file of joined rows.
+
+Why DuckDB: it scans the pyarrow datasets (any filesystem pyarrow reads, only the needed columns), joins
+and sorts with a memory limit, spilling to disk beyond it, and writes Parquet in parallel. The joined
+file is then read column by column by every later pass (statistics, fit, evaluation), each as fast as a
+plain scan, instead of joining again. Rows come out sorted by the keys, so a run does not depend on how
+the inputs were split into files or ordered within them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import duckdb
+
+from linreg.errors import InputError, format_examples
+from linreg.io import Table
+from linreg.schema import Columns
+from linreg.validate import MAX_EXAMPLES, example_keys
+
+JOINED_ROW_GROUP = 128 * 1024
+
+
+@dataclass(frozen=True)
+class JoinResult:
+    """Row counts of the join and where the joined rows (keys, features, targets; sorted by keys) are."""
+
+    path: str
+    weather_rows: int
+    yields_rows: int
+    joined_rows: int
+
+    @property
+    def weather_dropped(self) -> int:
+        return self.weather_rows - self.joined_rows
+
+    @property
+    def yields_dropped(self) -> int:
+        return self.yields_rows - self.joined_rows
+
+
+def quote(name: str) -> str:
+    """A SQL identifier, quoted for DuckDB."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def connect(work_dir: str, memory_limit_bytes: int) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection that spills to `work_dir` and stays within `memory_limit_bytes`."""
+    spill = os.path.join(work_dir, "duckdb-spill")
+    os.makedirs(spill, exist_ok=True)
+    return duckdb.connect(config={
+        "memory_limit": f"{max(memory_limit_bytes // 2**20, 64)}MB",
+        "temp_directory": spill,
+        "threads": max(os.cpu_count() or 1, 1),
+        "preserve_insertion_order": True,
+    })
+
+
+def check_unique_keys(con: duckdb.DuckDBPyConnection, table: Table, view: str, keys: list[str]) -> None:
+    """Raise InputError naming example keys and files when a key appears more than once in the table."""
+    key_list = ", ".join(quote(k) for k in keys)
+    duplicated = con.sql(
+        f"SELECT {key_list}, count(*) AS n FROM {view} GROUP BY ALL HAVING count(*) > 1 "
+        f"ORDER BY n DESC, {key_list}").to_arrow_table()
+    if duplicated.num_rows == 0:
+        return
+    examples = example_keys(duplicated, keys, MAX_EXAMPLES)
+    first = duplicated.slice(0, 1).to_pylist()[0]
+    files = _files_holding(table, keys, first)
+    raise InputError(
+        f"The {table.describe()} has {duplicated.num_rows} duplicated key(s) on ({', '.join(keys)}), for example "
+        f"{format_examples(examples)}; the first appears {first['n']} times, in file(s) {format_examples(files, 3)}. "
+        "Each key must appear once; if the table is at a finer grain (for example daily weather), aggregate it first.")
+
+
+def _files_holding(table: Table, keys: list[str], row: dict) -> list[str]:
+    import pyarrow.dataset as ds
+
+    expr = None
+    for key in keys:
+        term = ds.field(key) == row[key]
+        expr = term if expr is None else expr & term
+    return [frag.path for frag in table.dataset.get_fragments()
+            if frag.to_table(columns=keys[:1], filter=expr, schema=table.schema).num_rows]
+
+
+def join_tables(con: duckdb.DuckDBPyConnection, weather: Table, yields: Table, columns: Columns,
+                out_path: str, *, max_drop_fraction: float) -> JoinResult:
+    """Check keys are unique, join, write the joined rows to `out_path` sorted by keys, and check the drop rate."""
+    con.register("weather", weather.dataset)
+    con.register("yields", yields.dataset)
+    check_unique_keys(con, weather, "weather", columns.keys)
+    check_unique_keys(con, yields, "yields", columns.keys)
+
+    on = " AND ".join(f"w.{quote(k)} = y.{quote(k)}" for k in columns.keys)
+    select = ", ".join([f"w.{quote(k)}" for k in columns.keys] + [f"w.{quote(f)}" for f in columns.features]
+                       + [f"y.{quote(t)}" for t in columns.targets])
+    order = ", ".join(f"w.{quote(k)}" for k in columns.keys)
+    joined_rows = con.execute(
+        f"COPY (SELECT {select} FROM weather w JOIN yields y ON {on} ORDER BY {order}) "
+        f"TO '{out_path.replace(chr(39), chr(39) * 2)}' (FORMAT parquet, ROW_GROUP_SIZE {JOINED_ROW_GROUP})").fetchone()[0]
+    result = JoinResult(path=out_path, weather_rows=weather.dataset.count_rows(),
+                        yields_rows=yields.dataset.count_rows(), joined_rows=int(joined_rows))
+    if result.joined_rows == 0:
+        raise InputError(_no_rows_message(con, weather, yields, columns.keys))
+    for table, dropped, total in ((weather, result.weather_dropped, result.weather_rows),
+                                  (yields, result.yields_dropped, result.yields_rows)):
+        if total and dropped / total > max_drop_fraction:
+            raise InputError(
+                f"The join dropped {dropped} of {total} rows ({dropped / total:.0%}) of the {table.describe()}, more "
+                f"than --max-drop-fraction {max_drop_fraction:g}: their keys ({', '.join(columns.keys)}) have no "
+                "match in the other table. Check that both tables cover the same regions and years.")
+    return result
+
+
+def _no_rows_message(con, weather: Table, yields: Table, keys: list[str]) -> str:
+    key_list = ", ".join(quote(k) for k in keys)
+    samples = [example_keys(con.sql(f"SELECT {key_list} FROM {v} LIMIT 3").to_arrow_table(), keys, 3)
+               for v in ("weather", "yields")]
+    return (f"No rows are left after joining the {weather.describe()} with the {yields.describe()} on "
+            f"({', '.join(keys)}): no key appears in both. Weather keys look like {format_examples(samples[0])}; "
+            f"yields keys look like {format_examples(samples[1])}.")

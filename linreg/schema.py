@@ -1,0 +1,121 @@
+"""Column roles of a run, checks on the input schemas, and the schemas of the output datasets.
+
+Everything here needs only Parquet footers, never a scan of the data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from linreg.errors import InputError, format_examples
+from linreg.io import Table
+
+SCHEMA_VERSION = "1"
+RESERVED_WORDS = ("intercept", "all", "split", "run_id", "model_run_id", "score_run_id")
+SPLITS = ("train", "holdout")
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Who is who: `keys` join the tables (keys[0] is the region), features feed the model, targets are predicted."""
+
+    keys: list[str]
+    features: list[str]
+    targets: list[str]
+
+    @property
+    def region(self) -> str:
+        return self.keys[0]
+
+    @property
+    def predictions(self) -> list[str]:
+        return [pred_column(t) for t in self.targets]
+
+
+def pred_column(target: str) -> str:
+    return f"{target}_pred"
+
+
+def resolve_columns(weather: Table, yields: Table, *, features: list[str], targets: list[str],
+                    keys: list[str] | None) -> Columns:
+    """Check both tables' schemas for the run and return its column roles; raise InputError on any problem."""
+    if keys is None:
+        keys = ["region", "year"] if all("year" in t.schema.names for t in (weather, yields)) else ["region"]
+    columns = Columns(keys=list(keys), features=list(features), targets=list(targets))
+    _check_names(columns)
+    _check_present(weather, columns.keys + columns.features)
+    _check_present(yields, columns.keys + columns.targets)
+    for table, names in ((weather, columns.features), (yields, columns.targets)):
+        for name in names:
+            _check_numeric(table, name)
+    for key in columns.keys:
+        _check_key_types(weather, yields, key)
+    return columns
+
+
+def _check_names(columns: Columns) -> None:
+    taken = set(RESERVED_WORDS) | set(columns.keys) | set(columns.predictions)
+    for role, names in (("feature", columns.features), ("target", columns.targets)):
+        clash = [n for n in names if n in taken]
+        if clash:
+            raise InputError(f"The {role} name(s) {format_examples(clash)} would collide with the output columns "
+                             f"or words ({', '.join(RESERVED_WORDS)}, the key columns, '<target>_pred'). "
+                             "Rename the column(s) in the input.")
+    if len(set(columns.keys)) != len(columns.keys):
+        raise InputError(f"The key columns repeat: {columns.keys}.")
+
+
+def _check_present(table: Table, names: list[str]) -> None:
+    missing = [n for n in names if n not in table.schema.names]
+    if missing:
+        raise InputError(f"The {table.describe()} has no column {format_examples(missing)}. "
+                         f"Its columns are: {', '.join(table.schema.names)}.")
+    partition_names = set(table.dataset.partitioning.schema.names) if getattr(table.dataset, "partitioning", None) else set()
+    for fragment in table.fragments():
+        physical = fragment.physical_schema.names
+        absent = [n for n in names if n not in physical and n not in partition_names]
+        if absent:
+            raise InputError(f"The {table.describe()}: file {fragment.path!r} has no column "
+                             f"{format_examples(absent)} (other files have it). Its columns are: {', '.join(physical)}.")
+
+
+def _check_numeric(table: Table, name: str) -> None:
+    kind = table.schema.field(name).type
+    if not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind)):
+        raise InputError(f"The {table.describe()}: column {name!r} must be numeric, but it is {kind}.")
+
+
+def key_kind(kind: pa.DataType) -> str:
+    """Types that join with each other: all strings, all integers, or otherwise the exact type."""
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind):
+        return "string"
+    if pa.types.is_integer(kind):
+        return "integer"
+    return str(kind)
+
+
+def _check_key_types(weather: Table, yields: Table, key: str) -> None:
+    left, right = weather.schema.field(key).type, yields.schema.field(key).type
+    if key_kind(left) != key_kind(right):
+        raise InputError(f"The key column {key!r} has type {left} in the {weather.describe()} but {right} in the "
+                         f"{yields.describe()}. Key columns must have the same type in both tables.")
+
+
+def weights_schema() -> pa.Schema:
+    return pa.schema([("target", pa.string()), ("term", pa.string()), ("weight", pa.float64())])
+
+
+def metrics_schema() -> pa.Schema:
+    return pa.schema([("split", pa.string()), ("region", pa.string()), ("target", pa.string()),
+                      ("metric", pa.string()), ("value", pa.float64())])
+
+
+def predictions_schema(key_fields: list[pa.Field], targets: list[str]) -> pa.Schema:
+    fields = list(key_fields) + [pa.field("split", pa.string())]
+    for target in targets:
+        fields += [pa.field(target, pa.float64()), pa.field(pred_column(target), pa.float64())]
+    return pa.schema(fields)

@@ -1,0 +1,75 @@
+"""The holdout split: whole regions (an explicit list, or a seeded fraction), or later years.
+
+No region is ever in both splits under the region split. The split is a small value (a list of regions or
+a year) that any process can apply to any batch of rows, so streaming and sharded passes agree on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from linreg.errors import InputError, format_examples
+
+
+@dataclass(frozen=True)
+class Split:
+    """Which rows are holdout: those whose region is in `holdout_regions`, or whose time column >= `from_year`."""
+
+    region_column: str
+    holdout_regions: tuple = ()
+    time_column: str | None = None
+    from_year: int | None = None
+
+    def holdout_mask(self, batch: pa.RecordBatch | pa.Table) -> np.ndarray:
+        """(m,) bool: True for holdout rows of `batch`."""
+        if self.from_year is not None:
+            mask = pc.greater_equal(batch.column(self.time_column), self.from_year)
+        elif self.holdout_regions:
+            mask = pc.is_in(batch.column(self.region_column), value_set=pa.array(self.holdout_regions))
+        else:
+            return np.zeros(batch.num_rows, dtype=bool)
+        return mask.to_numpy(zero_copy_only=False)
+
+    def describe(self) -> str:
+        if self.from_year is not None:
+            return f"holdout: rows with {self.time_column} >= {self.from_year}"
+        return f"holdout: {len(self.holdout_regions)} region(s) {format_examples(self.holdout_regions)}"
+
+
+def choose_split(regions: list, *, region_column: str, holdout_regions: list | None = None,
+                 holdout_fraction: float = 0.0, seed: int = 0, time_column: str | None = None,
+                 from_year: int | None = None) -> Split:
+    """The split for the joined `regions` (distinct, sorted). Raises InputError when a split would be empty."""
+    if from_year is not None:
+        return Split(region_column=region_column, time_column=time_column, from_year=int(from_year))
+    if holdout_regions:
+        kind = type(regions[0]) if regions else str
+        wanted = [_as_region(r, kind) for r in holdout_regions]
+        present = set(regions)
+        unknown = [r for r in wanted if r not in present]
+        if unknown:
+            raise InputError(f"--holdout-regions names region(s) {format_examples(unknown)} that have no joined "
+                             f"rows; regions look like {format_examples(regions[:5])}.")
+        chosen = sorted(set(wanted))
+    elif holdout_fraction > 0:
+        n_holdout = max(1, int(round(holdout_fraction * len(regions))))
+        order = np.random.default_rng(seed).permutation(len(regions))
+        chosen = sorted(regions[i] for i in order[:n_holdout])
+    else:
+        chosen = []
+    if chosen and len(chosen) >= len(regions):
+        raise InputError(f"The holdout would take all {len(regions)} region(s) and leave none to train on; "
+                         "lower --holdout-fraction or name fewer --holdout-regions.")
+    return Split(region_column=region_column, holdout_regions=tuple(chosen))
+
+
+def _as_region(value: str, kind: type):
+    """Command-line region names are text; convert them to the region column's Python type."""
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise InputError(f"--holdout-regions: {value!r} is not a valid {kind.__name__} region.") from None

@@ -1,0 +1,101 @@
+"""Streaming column statistics in float64 and the standardization of gradient trainers.
+
+`Moments` keeps count, mean and the centred cross-product matrix of d columns, updated batch by batch with
+Chan's parallel formula (exact enough to merge across batches and processes). `Standardizer` maps
+features and targets to unit scale for training and maps fitted weights back to original units.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+class Moments:
+    """Count, mean (d,) and centred cross products (d, d) of streamed rows, in float64."""
+
+    def __init__(self, d: int):
+        self.n = 0
+        self.mean = np.zeros(d)
+        self.comoment = np.zeros((d, d))
+
+    def update(self, rows: np.ndarray) -> None:
+        """Add rows (m, d) of any float dtype."""
+        if len(rows) == 0:
+            return
+        rows = np.asarray(rows, dtype=np.float64)
+        other = Moments(rows.shape[1])
+        other.n = len(rows)
+        other.mean = rows.mean(axis=0)
+        centred = rows - other.mean
+        other.comoment = centred.T @ centred
+        self.merge(other)
+
+    def merge(self, other: "Moments") -> None:
+        if other.n == 0:
+            return
+        n = self.n + other.n
+        delta = other.mean - self.mean
+        self.comoment = self.comoment + other.comoment + np.outer(delta, delta) * (self.n * other.n / n)
+        self.mean = self.mean + delta * (other.n / n)
+        self.n = n
+
+    @property
+    def std(self) -> np.ndarray:
+        """(d,) population standard deviation."""
+        return np.sqrt(np.maximum(np.diag(self.comoment) / max(self.n, 1), 0.0))
+
+    @property
+    def second_moment(self) -> np.ndarray:
+        """(d, d) mean of x x^T (uncentred)."""
+        return self.comoment / max(self.n, 1) + np.outer(self.mean, self.mean)
+
+
+@dataclass(frozen=True)
+class Standardizer:
+    """x_s = (x - x_mean) / x_scale and y_s = (y - y_mean) / y_scale; identity when disabled.
+
+    Without an intercept nothing is centred (centring would add one); scales are then root mean squares.
+    A constant column gets scale 1, as in scikit-learn.
+    """
+
+    x_mean: np.ndarray  # (p,)
+    x_scale: np.ndarray  # (p,)
+    y_mean: np.ndarray  # (k,)
+    y_scale: np.ndarray  # (k,)
+
+    @classmethod
+    def fit(cls, x: Moments, y: Moments, *, fit_intercept: bool, enabled: bool) -> "Standardizer":
+        if not enabled:
+            return cls(np.zeros(len(x.mean)), np.ones(len(x.mean)), np.zeros(len(y.mean)), np.ones(len(y.mean)))
+        if fit_intercept:
+            x_mean, x_scale, y_mean, y_scale = x.mean, x.std, y.mean, y.std
+        else:
+            x_mean, y_mean = np.zeros_like(x.mean), np.zeros_like(y.mean)
+            x_scale = np.sqrt(np.diag(x.second_moment))
+            y_scale = np.sqrt(np.diag(y.second_moment))
+        return cls(x_mean, _safe(x_scale), y_mean, _safe(y_scale))
+
+    def to_original(self, coef: np.ndarray, intercept: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Weights (k, p) and intercepts (k,) fitted on standardized data, in original units (float64)."""
+        coef = np.asarray(coef, dtype=np.float64)
+        intercept = np.asarray(intercept, dtype=np.float64)
+        coef_orig = self.y_scale[:, None] * coef / self.x_scale[None, :]
+        intercept_orig = self.y_mean + self.y_scale * intercept - coef_orig @ self.x_mean
+        return coef_orig, intercept_orig
+
+    def second_moment(self, x: Moments, fit_intercept: bool) -> np.ndarray:
+        """(p', p') second-moment matrix of the standardized design the trainer sees (with the ones column)."""
+        m = (x.second_moment - np.outer(x.mean, self.x_mean) - np.outer(self.x_mean, x.mean)
+             + np.outer(self.x_mean, self.x_mean)) / np.outer(self.x_scale, self.x_scale)
+        if not fit_intercept:
+            return m
+        first = (x.mean - self.x_mean) / self.x_scale
+        return np.block([[m, first[:, None]], [first[None, :], np.ones((1, 1))]])
+
+
+def _safe(scale: np.ndarray) -> np.ndarray:
+    scale = np.asarray(scale, dtype=np.float64).copy()
+    scale[~(scale > 0)] = 1.0
+    return scale
