@@ -23,18 +23,16 @@ import pyarrow as pa
 import torch
 
 import linreg
-from linreg import dist, metrics, outputs
+from linreg import metrics, outputs
 from linreg.config import TrainConfig
 from linreg.errors import InputError
-from linreg.exact import ExactAccumulator, ExactSolution
+from linreg.fit import FitResult, TrainOptions, fit
 from linreg.io import fingerprint, open_table
 from linreg.join import JoinResult, connect, join_tables, quote
 from linreg.model import LinearModel
 from linreg.schema import SCHEMA_VERSION, Columns, metrics_schema, predictions_schema, pred_column, resolve_columns
 from linreg.split import Split, choose_split
-from linreg.standardize import Moments, Standardizer
-from linreg.tensors import matrix, read_batches, stack_float32
-from linreg.trainers import NN_DEFAULT_BATCH, TRAINERS, auto_lr
+from linreg.tensors import matrix, read_batches
 from linreg.validate import check_values
 
 log = logging.getLogger(__name__)
@@ -138,70 +136,21 @@ def split_rows(plan: RunPlan, joined: JoinResult) -> Split:
     return split
 
 
-@dataclass
-class FitResult:
-    """The trained model, the exact optimum on the same rows, and how training went."""
-
-    model: LinearModel
-    exact: ExactSolution
-    train_rows: int
-    losses: list[float] = field(default_factory=list)
-    epochs: int = 0
-    lr: float | None = None
-    stop_reason: str = ""
-    seconds: float = 0.0
-
-
 def fit_model(plan: RunPlan, joined: JoinResult, split: Split) -> FitResult:
-    """One scan of the training rows (exact accumulation, moments, float32 tensors), then the trainer."""
-    start = time.perf_counter()
+    """Fit on the training rows of the joined file (one scan), with the configured trainer."""
     config, columns = plan.config, plan.columns
-    gradient = config.trainer in TRAINERS
-    p, k = len(columns.features), len(columns.targets)
-    exact = ExactAccumulator(p, k, fit_intercept=config.fit_intercept)
-    x_moments, y_moments = Moments(p), Moments(k)
-    parts: list[np.ndarray] = []
-    for batch in read_batches(joined.path, columns.keys + columns.features + columns.targets):
-        batch = batch.filter(pa.array(~split.holdout_mask(batch)))
-        X, Y = matrix(batch, columns.features), matrix(batch, columns.targets)
-        exact.update(X, Y)
-        if gradient:
-            x_moments.update(X)
-            y_moments.update(Y)
-            parts.append(np.hstack([X, Y]).astype(np.float32))
-    if exact.n_rows == 0:
-        raise InputError("No training rows are left after the holdout split.")
-    solution = exact.solve(feature_names=columns.features)
-    if not gradient:
-        model = LinearModel(solution.coef, solution.intercept, tuple(columns.features), tuple(columns.targets))
-        return FitResult(model=model, exact=solution, train_rows=exact.n_rows, seconds=time.perf_counter() - start)
 
-    cluster = dist.single_process(config.device)
-    scaler = Standardizer.fit(x_moments, y_moments, fit_intercept=config.fit_intercept, enabled=config.standardize)
-    data = stack_float32(parts, p + k, torch.device("cpu"))
-    del parts
-    data[:, :p] -= torch.from_numpy(scaler.x_mean.astype(np.float32))
-    data[:, :p] /= torch.from_numpy(scaler.x_scale.astype(np.float32))
-    data[:, p:] -= torch.from_numpy(scaler.y_mean.astype(np.float32))
-    data[:, p:] /= torch.from_numpy(scaler.y_scale.astype(np.float32))
-    data = data.to(cluster.device)
-    X, Y = data[:, :p], data[:, p:]
-    batch_size = config.batch_size or (None if config.trainer == "manual" else NN_DEFAULT_BATCH)
-    lr = config.lr
-    if lr is None:
-        max_row_sq = float((X * X).sum(dim=1).max()) + (1.0 if config.fit_intercept else 0.0)
-        lr = auto_lr(scaler.second_moment(x_moments, config.fit_intercept), max_row_sq, n_rows=len(X),
-                     batch=batch_size or len(X), n_targets=k)
-    trained = TRAINERS[config.trainer](X, Y, lr=lr, epochs=config.epochs, batch_size=batch_size,
-                                       fit_intercept=config.fit_intercept, tol=config.tol, patience=config.patience,
-                                       seed=config.seed, cluster=cluster)
-    coef, intercept = scaler.to_original(trained.coef, trained.intercept)
-    log.info("%s trainer: %d epoch(s), lr %.3g -> %.3g, %s; %.2f s", config.trainer, trained.epochs, lr,
-             trained.lr, trained.stop_reason, trained.seconds)
-    model = LinearModel(coef, intercept, tuple(columns.features), tuple(columns.targets))
-    return FitResult(model=model, exact=solution, train_rows=exact.n_rows, losses=trained.losses,
-                     epochs=trained.epochs, lr=lr, stop_reason=trained.stop_reason,
-                     seconds=time.perf_counter() - start)
+    def train_batches():
+        for batch in read_batches(joined.path, columns.keys + columns.features + columns.targets):
+            batch = batch.filter(pa.array(~split.holdout_mask(batch)))
+            yield matrix(batch, columns.features), matrix(batch, columns.targets)
+
+    result = fit(train_batches(), trainer=config.trainer, features=columns.features, targets=columns.targets,
+                 options=TrainOptions.from_config(config))
+    if result.epochs:
+        log.info("%s trainer: %d epoch(s), lr %.3g, %s; %.2f s", config.trainer, result.epochs, result.lr,
+                 result.stop_reason, result.seconds)
+    return result
 
 
 @dataclass

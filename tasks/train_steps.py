@@ -7,6 +7,7 @@ from prefect.cache_policies import NO_CACHE
 
 from linreg import pipeline
 from linreg.config import TrainConfig
+from linreg.fit import FitResult
 from linreg.join import JoinResult
 from linreg.split import Split
 
@@ -30,20 +31,20 @@ def split_rows(plan: pipeline.RunPlan, joined: JoinResult) -> Split:
 
 
 @task(name="train", cache_policy=NO_CACHE)
-def fit_model(plan: pipeline.RunPlan, joined: JoinResult, split: Split) -> pipeline.FitResult:
+def fit_model(plan: pipeline.RunPlan, joined: JoinResult, split: Split) -> FitResult:
     """Fit the model on the training rows with the configured trainer."""
     return pipeline.fit_model(plan, joined, split)
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
 def evaluate_model(plan: pipeline.RunPlan, joined: JoinResult, split: Split,
-                   fit: pipeline.FitResult) -> pipeline.Evaluation:
+                   fit: FitResult) -> pipeline.Evaluation:
     """Predict every joined row, stage the predictions, metrics and weights."""
     return pipeline.evaluate_model(plan, joined, split, fit)
 
 
 @task(name="commit", cache_policy=NO_CACHE)
-def commit_run(plan: pipeline.RunPlan, joined: JoinResult, fit: pipeline.FitResult,
+def commit_run(plan: pipeline.RunPlan, joined: JoinResult, fit: FitResult,
                evaluation: pipeline.Evaluation) -> pipeline.RunSummary:
     """Move the staged run into the output datasets, the runs index last."""
     return pipeline.commit_run(plan, joined, fit, evaluation)
