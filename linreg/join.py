@@ -82,7 +82,7 @@ def _files_holding(table: Table, keys: list[str], row: dict) -> list[str]:
         term = ds.field(key) == row[key]
         expr = term if expr is None else expr & term
     return [frag.path for frag in table.dataset.get_fragments()
-            if frag.to_table(columns=keys[:1], filter=expr, schema=table.schema).num_rows]
+            if frag.to_table(schema=table.schema, columns=keys[:1], filter=expr).num_rows]
 
 
 def join_tables(con: duckdb.DuckDBPyConnection, weather: Table, yields: Table, columns: Columns,

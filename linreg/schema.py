@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pyarrow as pa
+import pyarrow.dataset as ds
 
 from linreg.errors import InputError, format_examples
 from linreg.io import Table
@@ -72,10 +73,10 @@ def _check_present(table: Table, names: list[str]) -> None:
     if missing:
         raise InputError(f"The {table.describe()} has no column {format_examples(missing)}. "
                          f"Its columns are: {', '.join(table.schema.names)}.")
-    partition_names = set(table.dataset.partitioning.schema.names) if getattr(table.dataset, "partitioning", None) else set()
     for fragment in table.fragments():
         physical = fragment.physical_schema.names
-        absent = [n for n in names if n not in physical and n not in partition_names]
+        partition_values = ds.get_partition_keys(fragment.partition_expression)
+        absent = [n for n in names if n not in physical and n not in partition_values]
         if absent:
             raise InputError(f"The {table.describe()}: file {fragment.path!r} has no column "
                              f"{format_examples(absent)} (other files have it). Its columns are: {', '.join(physical)}.")

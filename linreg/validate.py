@@ -19,19 +19,19 @@ def check_values(table: Table, keys: list[str], values: list[str]) -> int:
     rows = 0
     for fragment in table.fragments():
         problem: dict | None = None
-        for batch in fragment.to_batches(columns=keys + values, batch_size=BATCH_ROWS):
+        for batch in fragment.to_batches(schema=table.schema, columns=keys + values, batch_size=BATCH_ROWS):
             rows += batch.num_rows
             for name in keys + values:
+                if problem and problem["column"] != name:
+                    continue
                 bad = _bad_mask(batch.column(name), is_key=name in keys)
                 if bad is None:
                     continue
-                count = int(pc.sum(bad).as_py() or 0)
-                if problem is None:
-                    problem = {"column": name, "count": 0, "examples": [], "key": name in keys}
-                if problem["column"] == name:
-                    problem["count"] += count
-                    if len(problem["examples"]) < MAX_EXAMPLES:
-                        problem["examples"] += example_keys(batch.filter(bad), keys, MAX_EXAMPLES)
+                problem = problem or {"column": name, "count": 0, "examples": [], "key": name in keys}
+                problem["count"] += int(pc.sum(bad).as_py() or 0)
+                wanted = MAX_EXAMPLES - len(problem["examples"])
+                if wanted > 0:
+                    problem["examples"] += example_keys(batch.filter(bad), keys, wanted)
         if problem:
             what = "null" if problem["key"] else "null, NaN or infinite"
             raise InputError(
