@@ -1,0 +1,94 @@
+"""The Prefect flow end to end, and the command line as a user runs it."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pyarrow.parquet as pq
+import pytest
+from prefect.testing.utilities import prefect_test_harness
+
+from flows.train import train
+from linreg.config import make_config
+from linreg.errors import EXIT_BAD_INPUT, InputError
+from tests.conftest import REPO, SAMPLE
+from tests.helpers import linear_tables, write
+
+
+@pytest.fixture(scope="module")
+def prefect_server():
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def test_flow_runs_every_step_under_prefect(prefect_server, tmp_path):
+    w, y, _, _ = linear_tables(tmp_path)
+    config = make_config(weather=w, yields=y, output=str(tmp_path / "out"), trainer="nn", run_id="flow-1")
+    state = train(config, return_state=True)
+    assert state.is_completed()
+    summary = state.result()
+    assert summary.run_id == "flow-1" and summary.rows["train"] + summary.rows["holdout"] == 200
+    for dataset in ("weights", "metrics", "predictions", "runs"):
+        assert pq.read_table(tmp_path / "out" / dataset / "run_id=flow-1").num_rows > 0
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        flow_run = client.read_flow_run(state.state_details.flow_run_id)
+        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])))
+    assert flow_run.name == "train-nn-flow-1"
+    assert {t.name.rsplit("-", 1)[0] for t in tasks} == {"plan", "validate-and-join", "split", "train", "evaluate",
+                                                         "commit"}
+    assert all(t.state.is_completed() for t in tasks)
+
+
+def test_flow_fails_with_the_input_error_and_writes_nothing(prefect_server, tmp_path):
+    w = write(tmp_path / "w.parquet", region=["a", "b"], year=[1, 1], temp=[1.0, float("nan")],
+              rainfall=[1.0, 2.0], humidity=[1.0, 2.0])
+    y = write(tmp_path / "y.parquet", region=["a", "b"], year=[1, 1], apples=[1.0, 2.0], oranges=[1.0, 2.0])
+    config = make_config(weather=w, yields=y, output=str(tmp_path / "out"), run_id="bad")
+    with pytest.raises(InputError, match="column 'temp' has 1 null, NaN or infinite"):
+        train(config)
+    assert not any((tmp_path / "out").rglob("*.parquet"))
+    assert not (tmp_path / "out" / "_staging").exists()
+
+
+def _cli(args, cwd):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, "-m", "flows.train", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_cli_help_documents_every_option_and_exit_codes(tmp_path):
+    result = _cli(["--help"], tmp_path)
+    assert result.returncode == 0
+    for option in ("--weather", "--yields", "--features", "--targets", "--keys", "--trainer", "--holdout-regions",
+                   "--holdout-fraction", "--holdout-from-year", "--epochs", "--lr", "--batch-size", "--seed",
+                   "--device", "--no-intercept", "--no-standardize", "--output", "--run-id", "--max-drop-fraction"):
+        assert option in result.stdout
+    assert "Exit codes: 0 success; 2 bad input" in " ".join(result.stdout.split())
+
+
+def test_cli_with_no_arguments_trains_on_the_sample(tmp_path):
+    shutil.copytree(SAMPLE, tmp_path / "data" / "sample")
+    result = _cli([], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "15 joined" in result.stdout and "holdout MSE" in result.stdout
+    assert len(list((tmp_path / "output" / "weights").glob("run_id=*"))) == 1
+
+
+def test_cli_bad_input_exits_2_with_one_paragraph_and_no_traceback(tmp_path):
+    shutil.copytree(SAMPLE, tmp_path / "data" / "sample")
+    result = _cli(["--features", "temp,sunshine"], tmp_path)
+    assert result.returncode == EXIT_BAD_INPUT
+    assert "Traceback" not in result.stderr + result.stdout
+    error = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(error) == 1 and "has no column 'sunshine'" in error[0]
+    assert not (tmp_path / "output").exists() or not any((tmp_path / "output").rglob("*.parquet"))
+
+
+def test_cli_usage_error_exits_2(tmp_path):
+    result = _cli(["--trainer", "sgd"], tmp_path)
+    assert result.returncode == 2 and "invalid choice" in result.stderr
