@@ -1,75 +1,196 @@
-"""The output datasets and their commit: weights, metrics, predictions and the runs index, hive-partitioned
-by run_id under the output root.
+"""The output datasets and their commit protocol, on local disk and on object storage.
 
-A run writes everything into a staging directory beside the dataset roots (`<output>/_staging/<run>/`,
-never inside a dataset root, where DuckDB or Polars would read it), then commits: each dataset's
-partition directory is renamed into place (`<output>/<dataset>/run_id=<id>/`), replacing the same run id
-if it exists, and the runs index entry is written last. A failure before the commit leaves no trace in the
-datasets; the staging directory is removed.
+Layout under the output root (a local path or any URI pyarrow understands, e.g. s3://bucket/prefix):
+
+    <root>/<dataset>/run_id=<id>/part-0.parquet     weights, metrics, predictions, runs (the index)
+    <root>/_staging/<id>.<token>/                    a run's files until it commits (never inside a dataset)
+
+Protocol (the same in spirit on both kinds of storage):
+1. A run writes its files to a local directory (`Staging.file`): straight into its staging area when
+   the output is local, into its work directory otherwise.
+2. `commit()`: files of a remote run are uploaded into the staging area; then a journal `_COMMIT` is
+   written there: from this point the commit is decided and will be rolled forward.
+3. Each dataset's partition is moved into place, the runs index last. Locally the `run_id=<id>`
+   directory is renamed (an existing one is first renamed away): a reader globbing the dataset sees the
+   partition whole or not at all. On object storage each partition is a single object (however many row
+   groups it holds), copied into place: its creation is atomic.
+4. The staging area is deleted.
+`recover()`, which every run calls before anything else, rolls forward any staging area with a journal
+(a commit interrupted between datasets) and removes staging areas without one whose lease is stale
+(runs killed before they committed). A run is committed when its runs-index entry exists.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import logging
 import os
 import secrets
 import shutil
-from dataclasses import dataclass
+import tempfile
+from dataclasses import dataclass, field
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from linreg.errors import InputError
+log = logging.getLogger(__name__)
 
-DATASETS = ("weights", "metrics", "predictions", "runs")
+DATASETS = ("weights", "metrics", "predictions", "runs")  # commit order: the runs index last
 PART_FILE = "part-0.parquet"
+STAGING = "_staging"
+JOURNAL = "_COMMIT"
+LEASE = "_LEASE"
 PREDICTION_ROW_GROUP = 256 * 1024  # rows per row group of the predictions: bounded writer memory
+STALE_LEASE = dt.timedelta(hours=24)  # an uncommitted staging area untouched this long belongs to a dead run
 
 
-def local_root(output: str) -> str:
-    """The output root as a local path (object storage comes with the streaming work)."""
-    if output.startswith("file://"):
-        return output[len("file://"):]
+def resolve(output: str) -> tuple[pafs.FileSystem, str, bool]:
+    """(filesystem, root path within it, is_local) for an output root given as a path or URI."""
     if "://" in output:
-        raise InputError(f"--output {output!r}: only local directories are supported as output for now.")
-    return output
+        filesystem, root = pafs.FileSystem.from_uri(output)
+    else:
+        filesystem, root = pafs.LocalFileSystem(), os.path.abspath(output)
+    return filesystem, root.rstrip("/"), isinstance(filesystem, pafs.LocalFileSystem)
 
 
-@dataclass(frozen=True)
+def partition(root: str, dataset: str, run_id: str, key: str = "run_id") -> str:
+    return f"{root}/{dataset}/{key}={run_id}"
+
+
+@dataclass
 class Staging:
-    """Where a run's files wait for the commit: <root>/_staging/<run_id>.<token>/<dataset>/run_id=<id>/."""
+    """Where a run's files wait for the commit; see the module docstring for the protocol."""
 
-    root: str
+    output: str
     run_id: str
-    path: str
+    name: str  # <run_id>.<token>
+    local_dir: str  # where the run writes its files
+    datasets: tuple = DATASETS
+    filesystem: pafs.FileSystem = field(default=None, repr=False)
+    root: str = ""
+    is_local: bool = True
+    key: str = "run_id"  # the hive partition column (the scores dataset uses score_run_id)
 
     @classmethod
-    def create(cls, root: str, run_id: str) -> "Staging":
-        path = os.path.join(root, "_staging", f"{run_id}.{secrets.token_hex(4)}")
-        for dataset in DATASETS:
-            os.makedirs(os.path.join(path, dataset, f"run_id={run_id}"))
-        return cls(root=root, run_id=run_id, path=path)
+    def create(cls, output: str, run_id: str, datasets: tuple = DATASETS, key: str = "run_id") -> "Staging":
+        filesystem, root, is_local = resolve(output)
+        name = f"{run_id}.{secrets.token_hex(4)}"
+        area = f"{root}/{STAGING}/{name}"
+        filesystem.create_dir(area, recursive=True)
+        local_dir = area if is_local else tempfile.mkdtemp(prefix=f"linreg-stage-{run_id}-")
+        staging = cls(output=output, run_id=run_id, name=name, local_dir=local_dir, datasets=tuple(datasets),
+                      filesystem=filesystem, root=root, is_local=is_local, key=key)
+        for dataset in staging.datasets:
+            os.makedirs(os.path.dirname(staging.file(dataset)), exist_ok=True)
+        staging.renew_lease()
+        return staging
+
+    @property
+    def area(self) -> str:
+        return f"{self.root}/{STAGING}/{self.name}"
 
     def file(self, dataset: str) -> str:
-        return os.path.join(self.path, dataset, f"run_id={self.run_id}", PART_FILE)
+        """Local path where the run writes `dataset`'s partition file."""
+        return os.path.join(self.local_dir, dataset, f"{self.key}={self.run_id}", PART_FILE)
+
+    def renew_lease(self) -> None:
+        """Mark the staging area as used by a live run (checked by `recover` of other runs)."""
+        _write_text(self.filesystem, f"{self.area}/{LEASE}", dt.datetime.now(dt.timezone.utc).isoformat())
 
     def discard(self) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
-        _remove_if_empty(os.path.join(self.root, "_staging"))
+        """Remove the staging area (and local files) of a run that will not commit. A decided commit (its
+        journal written) is kept for `recover` to roll forward, never discarded half-moved."""
+        if _kind(self.filesystem, f"{self.area}/{JOURNAL}") == pafs.FileType.File:
+            log.warning("commit of %s was interrupted; the next run will roll it forward", self.name)
+            return
+        _delete_dir(self.filesystem, self.area)
+        if not self.is_local:
+            shutil.rmtree(self.local_dir, ignore_errors=True)
 
     def commit(self) -> dict[str, str]:
-        """Move each staged partition into its dataset, the runs index last; return dataset -> final path."""
-        final = {}
-        for dataset in DATASETS:
-            staged = os.path.dirname(self.file(dataset))
-            target = os.path.join(self.root, dataset, f"run_id={self.run_id}")
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            if os.path.exists(target):
-                os.rename(target, os.path.join(self.path, f"replaced-{dataset}"))
-            os.rename(staged, target)
-            final[dataset] = target
-        self.discard()
-        return final
+        """Publish every dataset's partition, the runs index last; return dataset -> final location."""
+        if not self.is_local:
+            for dataset in self.datasets:
+                target = f"{self.area}/{dataset}/{self.key}={self.run_id}/{PART_FILE}"
+                pafs.copy_files(self.file(dataset), target, source_filesystem=pafs.LocalFileSystem(),
+                                destination_filesystem=self.filesystem)
+        journal = {"run_id": self.run_id, "datasets": list(self.datasets), "key": self.key}
+        _write_text(self.filesystem, f"{self.area}/{JOURNAL}", json.dumps(journal))
+        roll_forward(self.filesystem, self.root, self.name, journal, self.is_local)
+        if not self.is_local:
+            shutil.rmtree(self.local_dir, ignore_errors=True)
+        prefix = "" if self.is_local else self.output.split("://", 1)[0] + "://"
+        return {d: prefix + partition(self.root, d, self.run_id, self.key) for d in self.datasets}
+
+
+def before_file_operation() -> None:
+    """Called before every file operation of a commit: a seam where tests inject crashes."""
+
+
+def roll_forward(filesystem: pafs.FileSystem, root: str, name: str, journal: dict, is_local: bool) -> None:
+    """Finish a decided commit (idempotent): withdraw the run's old runs-index entry, move each staged
+    partition into its dataset, the new runs-index entry last, then remove the staging area."""
+    area = f"{root}/{STAGING}/{name}"
+    run_id = journal["run_id"]
+    datasets = list(journal["datasets"])
+    key = journal.get("key", "run_id")
+    if "runs" in datasets and _kind(filesystem, f"{area}/runs/run_id={run_id}") == pafs.FileType.Directory:
+        # While datasets are swapped, a replaced run must not look committed.
+        _remove_partition(filesystem, partition(root, "runs", run_id), f"{area}/replaced-runs", is_local)
+    for dataset in datasets:
+        staged, final = f"{area}/{dataset}/{key}={run_id}", partition(root, dataset, run_id, key)
+        if _kind(filesystem, staged) != pafs.FileType.Directory:
+            continue  # moved by an earlier attempt
+        if is_local:
+            _remove_partition(filesystem, final, f"{area}/replaced-{dataset}", is_local)
+            before_file_operation()
+            os.makedirs(os.path.dirname(final), exist_ok=True)
+            os.rename(staged, final)
+        else:
+            before_file_operation()
+            filesystem.copy_file(f"{staged}/{PART_FILE}", f"{final}/{PART_FILE}")
+            before_file_operation()
+            filesystem.delete_dir(staged)
+    before_file_operation()
+    _delete_dir(filesystem, area)
+
+
+def _remove_partition(filesystem: pafs.FileSystem, final: str, trash: str, is_local: bool) -> None:
+    """Take a committed partition out of its dataset (locally by a rename into the staging area)."""
+    if _kind(filesystem, final) != pafs.FileType.Directory:
+        return
+    before_file_operation()
+    if is_local:
+        os.rename(final, trash)
+    else:
+        filesystem.delete_dir(final)
+
+
+def recover(output: str, *, stale_after: dt.timedelta = STALE_LEASE) -> list[str]:
+    """Roll forward interrupted commits and sweep stale uncommitted staging areas; return what was done."""
+    filesystem, root, is_local = resolve(output)
+    done = []
+    infos = filesystem.get_file_info(pafs.FileSelector(f"{root}/{STAGING}", allow_not_found=True))
+    now = dt.datetime.now(dt.timezone.utc)
+    for info in infos:
+        if info.type != pafs.FileType.Directory:
+            continue
+        name = info.base_name
+        journal = _read_text(filesystem, f"{info.path}/{JOURNAL}")
+        if journal is not None:
+            roll_forward(filesystem, root, name, json.loads(journal), is_local)
+            done.append(f"rolled forward the interrupted commit of {name}")
+            log.warning("rolled forward the interrupted commit of %s", name)
+            continue
+        lease = _read_text(filesystem, f"{info.path}/{LEASE}")
+        renewed = dt.datetime.fromisoformat(lease) if lease else None
+        if renewed is None or now - renewed > stale_after:
+            _delete_dir(filesystem, info.path)
+            done.append(f"swept the stale staging area {name}")
+            log.warning("swept the stale staging area %s (lease %s)", name, lease or "missing")
+    return done
 
 
 def file_metadata(*, run_id: str, trainer: str, config: dict, fingerprint: dict, versions: dict,
@@ -93,8 +214,26 @@ def open_writer(path: str, schema: pa.Schema, metadata: dict[bytes, bytes]) -> p
     return pq.ParquetWriter(path, schema, compression="snappy", use_dictionary=dictionary)
 
 
-def _remove_if_empty(path: str) -> None:
-    try:
-        os.rmdir(path)
-    except OSError:
-        pass
+def _kind(filesystem: pafs.FileSystem, path: str) -> pafs.FileType:
+    return filesystem.get_file_info(path).type
+
+
+def _write_text(filesystem: pafs.FileSystem, path: str, text: str) -> None:
+    with filesystem.open_output_stream(path) as out:
+        out.write(text.encode())
+
+
+def _read_text(filesystem: pafs.FileSystem, path: str) -> str | None:
+    if _kind(filesystem, path) != pafs.FileType.File:
+        return None
+    with filesystem.open_input_stream(path) as f:
+        return f.read().decode()
+
+
+def _delete_dir(filesystem: pafs.FileSystem, path: str) -> None:
+    if _kind(filesystem, path) == pafs.FileType.Directory:
+        filesystem.delete_dir(path)
+    parent = path.rsplit("/", 1)[0]
+    if parent.endswith(f"/{STAGING}") and _kind(filesystem, parent) == pafs.FileType.Directory:
+        if not filesystem.get_file_info(pafs.FileSelector(parent)):
+            filesystem.delete_dir(parent)
