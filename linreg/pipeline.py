@@ -78,7 +78,9 @@ def versions() -> dict[str, str]:
 
 
 def plan_run(config: TrainConfig) -> RunPlan:
-    """Open both tables, check their schemas (footers only), fingerprint them, and make the staging area."""
+    """Finish or sweep earlier interrupted commits; open both tables, check their schemas (footers only),
+    fingerprint them, and make the staging area."""
+    outputs.recover(config.output)
     weather = open_table(config.weather, "weather")
     yields = open_table(config.yields, "yields")
     columns = resolve_columns(weather, yields, features=config.features, targets=config.targets, keys=config.join_keys)
@@ -86,8 +88,7 @@ def plan_run(config: TrainConfig) -> RunPlan:
         raise InputError(f"--holdout-from-year needs the time column {config.time_column!r} among the keys "
                          f"({', '.join(columns.keys)}).")
     run_id = config.run_id or new_run_id()
-    root = outputs.local_root(config.output)
-    staging = outputs.Staging.create(root, run_id)
+    staging = outputs.Staging.create(config.output, run_id)
     plan = RunPlan(config=config, run_id=run_id, columns=columns,
                    key_fields=[weather.schema.field(k) for k in columns.keys],
                    fingerprint=fingerprint([weather, yields]), work_dir=tempfile.mkdtemp(prefix=f"linreg-{run_id}-"),
