@@ -42,6 +42,10 @@ class TrainConfig(BaseModel):
                                            "when both tables have it). The first key names the region used for "
                                            "holdout.", json_schema_extra=_cli("--keys"))
     time_column: str = Field("year", description="Column that --holdout-from-year compares against.")
+    aggregate: Optional[str] = Field(None, description="Aggregate finer-grained weather (e.g. daily) to the "
+                                     "keys before the join: mean|min|max|sum for every feature, or per feature "
+                                     "as temp:mean,rainfall:sum (others: mean). Without it duplicate weather "
+                                     "keys are an error.")
     max_drop_fraction: float = Field(0.5, ge=0, le=1, description="Fail when the join drops more than this "
                                      "share of either table's rows, instead of training on a sliver.")
 

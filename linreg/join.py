@@ -30,10 +30,12 @@ class JoinResult:
     weather_rows: int
     yields_rows: int
     joined_rows: int
+    weather_keys: int | None = None  # distinct weather keys after --aggregate (None: each row is a key)
 
     @property
     def weather_dropped(self) -> int:
-        return self.weather_rows - self.joined_rows
+        """Weather rows (or, when aggregated, weather keys) that found no yields row."""
+        return (self.weather_keys if self.weather_keys is not None else self.weather_rows) - self.joined_rows
 
     @property
     def yields_dropped(self) -> int:
@@ -71,7 +73,8 @@ def check_unique_keys(con: duckdb.DuckDBPyConnection, table: Table, view: str, k
     raise InputError(
         f"The {table.describe()} has {duplicated.num_rows} duplicated key(s) on ({', '.join(keys)}), for example "
         f"{format_examples(examples)}; the first appears {first['n']} times, in file(s) {format_examples(files, 3)}. "
-        "Each key must appear once; if the table is at a finer grain (for example daily weather), aggregate it first.")
+        "Each key must appear once; if the table is at a finer grain (for example daily weather), pass "
+        "--aggregate mean (or min, max, sum) to aggregate it to the keys first.")
 
 
 def _files_holding(table: Table, keys: list[str], row: dict) -> list[str]:
@@ -85,12 +88,48 @@ def _files_holding(table: Table, keys: list[str], row: dict) -> list[str]:
             if frag.to_table(schema=table.schema, columns=keys[:1], filter=expr).num_rows]
 
 
+AGGREGATES = {"mean": "avg", "min": "min", "max": "max", "sum": "sum"}
+
+
+def parse_aggregate(spec: str | None, features: list[str]) -> dict[str, str] | None:
+    """'mean' (every feature) or 'temp:mean,rainfall:sum' (per feature; others default to mean) -> {feature: func}."""
+    if not spec:
+        return None
+    parts = [p.strip() for p in spec.split(",") if p.strip()]
+    if len(parts) == 1 and ":" not in parts[0]:
+        funcs = dict.fromkeys(features, parts[0])
+    else:
+        funcs = dict.fromkeys(features, "mean")
+        for part in parts:
+            name, _, func = part.partition(":")
+            if name not in features:
+                raise InputError(f"--aggregate names {name!r}, which is not a feature ({', '.join(features)}).")
+            funcs[name] = func
+    bad = sorted({f for f in funcs.values() if f not in AGGREGATES})
+    if bad:
+        raise InputError(f"--aggregate: unknown function(s) {format_examples(bad)}; use {', '.join(AGGREGATES)}.")
+    return funcs
+
+
 def join_tables(con: duckdb.DuckDBPyConnection, weather: Table, yields: Table, columns: Columns,
-                out_path: str, *, max_drop_fraction: float) -> JoinResult:
-    """Check keys are unique, join, write the joined rows to `out_path` sorted by keys, and check the drop rate."""
-    con.register("weather", weather.dataset)
+                out_path: str, *, max_drop_fraction: float, aggregate: dict[str, str] | None = None) -> JoinResult:
+    """Check keys are unique, join, write the joined rows to `out_path` sorted by keys, and check the drop rate.
+
+    With `aggregate` ({feature: mean|min|max|sum}) weather rows at a finer grain (several per key, e.g.
+    daily) are first aggregated to the keys, streaming in DuckDB; duplicate weather keys are then expected.
+    """
+    con.register("weather_rows", weather.dataset)
     con.register("yields", yields.dataset)
-    check_unique_keys(con, weather, "weather", columns.keys)
+    weather_keys = None
+    if aggregate:
+        key_list = ", ".join(quote(k) for k in columns.keys)
+        aggs = ", ".join(f"{AGGREGATES[aggregate[f]]}({quote(f)}) AS {quote(f)}" for f in columns.features)
+        con.execute(f"CREATE OR REPLACE TEMP VIEW weather AS SELECT {key_list}, {aggs} FROM weather_rows "
+                    f"GROUP BY {key_list}")
+        weather_keys = con.sql("SELECT count(*) FROM weather").fetchall()[0][0]
+    else:
+        con.execute("CREATE OR REPLACE TEMP VIEW weather AS SELECT * FROM weather_rows")
+        check_unique_keys(con, weather, "weather", columns.keys)
     check_unique_keys(con, yields, "yields", columns.keys)
 
     on = " AND ".join(f"w.{quote(k)} = y.{quote(k)}" for k in columns.keys)
@@ -101,10 +140,12 @@ def join_tables(con: duckdb.DuckDBPyConnection, weather: Table, yields: Table, c
         f"COPY (SELECT {select} FROM weather w JOIN yields y ON {on} ORDER BY {order}) "
         f"TO '{out_path.replace(chr(39), chr(39) * 2)}' (FORMAT parquet, ROW_GROUP_SIZE {JOINED_ROW_GROUP})").fetchone()[0]
     result = JoinResult(path=out_path, weather_rows=weather.dataset.count_rows(),
-                        yields_rows=yields.dataset.count_rows(), joined_rows=int(joined_rows))
+                        yields_rows=yields.dataset.count_rows(), joined_rows=int(joined_rows),
+                        weather_keys=weather_keys)
     if result.joined_rows == 0:
         raise InputError(_no_rows_message(con, weather, yields, columns.keys))
-    for table, dropped, total in ((weather, result.weather_dropped, result.weather_rows),
+    weather_total = weather_keys if weather_keys is not None else result.weather_rows
+    for table, dropped, total in ((weather, result.weather_dropped, weather_total),
                                   (yields, result.yields_dropped, result.yields_rows)):
         if total and dropped / total > max_drop_fraction:
             raise InputError(

@@ -28,7 +28,7 @@ from linreg.config import TrainConfig
 from linreg.errors import InputError
 from linreg.fit import FitResult, TrainOptions, fit
 from linreg.io import fingerprint, open_table
-from linreg.join import JoinResult, connect, join_tables, quote
+from linreg.join import JoinResult, connect, join_tables, parse_aggregate, quote
 from linreg.model import LinearModel
 from linreg.schema import SCHEMA_VERSION, Columns, metrics_schema, predictions_schema, pred_column, resolve_columns
 from linreg.split import Split, choose_split
@@ -110,7 +110,8 @@ def join_inputs(plan: RunPlan) -> JoinResult:
     con = connect(plan.work_dir, default_memory_limit())
     try:
         joined = join_tables(con, weather, yields, columns, os.path.join(plan.work_dir, "joined.parquet"),
-                             max_drop_fraction=config.max_drop_fraction)
+                             max_drop_fraction=config.max_drop_fraction,
+                             aggregate=parse_aggregate(config.aggregate, columns.features))
     finally:
         con.close()
     plan.timings["join"] = time.perf_counter() - start
