@@ -8,6 +8,7 @@ has a default and a one-line reason. Unknown keys are an error.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import types
 import typing
@@ -80,6 +81,17 @@ class TrainConfig(BaseModel):
                               "weights are always written in original units.",
                               json_schema_extra=_cli(negate="--no-standardize"))
 
+    # Runs
+    skip_if_unchanged: bool = Field(False, description="Do not retrain when a committed run in --output has the "
+                                    "same input fingerprint (file paths, sizes, modification times, schemas) and "
+                                    "the same configuration (apart from --run-id and --output): reuse that run.")
+
+    # Resources
+    memory_budget: str = Field("25%", description="Memory the run may use: bytes with a unit (512MB, 4GB) or a "
+                               "share of this machine's RAM (25%). Half goes to DuckDB's join (it spills to "
+                               "disk beyond it); gradient trainers keep the training rows in memory while they "
+                               "fit in the other half, and stream them from disk otherwise.")
+
     # Outputs
     output: str = Field("output", description="Root of the output datasets (weights, metrics, predictions).")
     run_id: Optional[str] = Field(None, description="Run id (default: UTC timestamp plus a random suffix). "
@@ -102,6 +114,15 @@ class TrainConfig(BaseModel):
                              "(text that no reader mistakes for a number or a date)")
         return run_id
 
+    @field_validator("memory_budget")
+    @classmethod
+    def _budget_parses(cls, text: str) -> str:
+        parse_bytes(text)
+        return text
+
+    def memory_budget_bytes(self) -> int:
+        return parse_bytes(self.memory_budget)
+
     @model_validator(mode="after")
     def _keys_and_columns_disjoint(self) -> "TrainConfig":
         roles = {"feature": self.features, "target": self.targets, "key": self.join_keys or []}
@@ -112,6 +133,27 @@ class TrainConfig(BaseModel):
                     raise ValueError(f"column {name!r} is both a {seen[name]} and a {role}")
                 seen[name] = role
         return self
+
+
+_UNITS = {"": 1, "B": 1, "KB": 2**10, "MB": 2**20, "GB": 2**30, "TB": 2**40,
+          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def parse_bytes(text: str) -> int:
+    """'512MB', '4GB', '1.5GiB', '1000000' or '25%' (of physical memory) -> bytes."""
+    text = str(text).strip().upper().replace(" ", "")
+    if text.endswith("%"):
+        share = float(text[:-1]) / 100
+        if not 0 < share <= 1:
+            raise ValueError(f"a share of memory must be in (0%, 100%], got {text}")
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * share)
+    match = re.fullmatch(r"([0-9.]+)([A-Z]*)", text)
+    if not match or match.group(2) not in _UNITS:
+        raise ValueError(f"{text!r} is not a size: use e.g. 512MB, 4GB or 25%")
+    value = int(float(match.group(1)) * _UNITS[match.group(2)])
+    if value < 64 * 2**20:
+        raise ValueError(f"{text} is below the minimum of 64MB")
+    return value
 
 
 def _inner_type(annotation):
@@ -138,6 +180,10 @@ def build_parser(prog: str = "python -m flows.train", description: str | None = 
                f"{EXIT_FAILURE} any other failure.")
     for name, field in TrainConfig.model_fields.items():
         extra = (field.json_schema_extra or {}).get("cli", {}) if isinstance(field.json_schema_extra, dict) else {}
+        if field.annotation is bool and field.default is False and not extra.get("negate"):
+            parser.add_argument("--" + name.replace("_", "-"), dest=name, action="store_true",
+                                default=argparse.SUPPRESS, help=field.description)
+            continue
         if extra.get("negate"):
             parser.add_argument(extra["negate"], dest=name, action="store_false", default=argparse.SUPPRESS,
                                 help=field.description)

@@ -27,9 +27,10 @@ from linreg import metrics, outputs
 from linreg.config import TrainConfig
 from linreg.errors import InputError
 from linreg.fit import FitResult, TrainOptions, fit
-from linreg.io import fingerprint, open_table
+from linreg.io import BATCH_ROWS, fingerprint, open_table
 from linreg.join import JoinResult, connect, join_tables, parse_aggregate, quote
 from linreg.model import LinearModel
+from linreg.progress import Progress
 from linreg.schema import SCHEMA_VERSION, Columns, metrics_schema, predictions_schema, pred_column, resolve_columns
 from linreg.split import Split, choose_split
 from linreg.tensors import matrix, read_batches
@@ -41,11 +42,6 @@ log = logging.getLogger(__name__)
 def new_run_id() -> str:
     """A UTC timestamp with a short random suffix, e.g. 20261123T021500Z-3f9a."""
     return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(2)
-
-
-def default_memory_limit() -> int:
-    """A quarter of this machine's memory, in bytes: room for the engine, the tensors and the OS cache."""
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
 
 
 @dataclass
@@ -107,7 +103,7 @@ def join_inputs(plan: RunPlan) -> JoinResult:
     yields = open_table(config.yields, "yields")
     check_values(weather, columns.keys, columns.features)
     check_values(yields, columns.keys, columns.targets)
-    con = connect(plan.work_dir, default_memory_limit())
+    con = connect(plan.work_dir, plan.config.memory_budget_bytes() // 2)
     try:
         joined = join_tables(con, weather, yields, columns, os.path.join(plan.work_dir, "joined.parquet"),
                              max_drop_fraction=config.max_drop_fraction,
@@ -124,7 +120,7 @@ def join_inputs(plan: RunPlan) -> JoinResult:
 def split_rows(plan: RunPlan, joined: JoinResult) -> Split:
     """Choose the holdout (whole regions, or later years) among the joined rows."""
     config, region = plan.config, plan.columns.region
-    con = connect(plan.work_dir, default_memory_limit())
+    con = connect(plan.work_dir, plan.config.memory_budget_bytes() // 2)
     try:
         path = joined.path.replace("'", "''")
         regions = [r[0] for r in con.execute(
@@ -143,7 +139,11 @@ def fit_model(plan: RunPlan, joined: JoinResult, split: Split) -> FitResult:
     config, columns = plan.config, plan.columns
 
     def train_batches():
+        progress = Progress("fit pass", joined.joined_rows, log)
         for batch in read_batches(joined.path, columns.keys + columns.features + columns.targets):
+            progress.advance(batch.num_rows)
+            if progress.done % (64 * BATCH_ROWS) < batch.num_rows:  # about every 16M rows: still alive
+                plan.staging.renew_lease()
             batch = batch.filter(pa.array(~split.holdout_mask(batch)))
             yield matrix(batch, columns.features), matrix(batch, columns.targets)
 
@@ -170,9 +170,11 @@ def evaluate_model(plan: RunPlan, joined: JoinResult, split: Split, fit: FitResu
     errors = {"train": metrics.SplitErrors(len(columns.targets)), "holdout": metrics.SplitErrors(len(columns.targets))}
     schema = predictions_schema(plan.key_fields, columns.targets)
     path = plan.staging.file("predictions")
+    progress = Progress("evaluation pass", joined.joined_rows, log)
     with outputs.open_writer(path, schema, plan.metadata()) as writer:
         for batch in read_batches(joined.path, columns.keys + columns.features + columns.targets,
                                   batch_rows=outputs.PREDICTION_ROW_GROUP):
+            progress.advance(batch.num_rows)
             holdout = split.holdout_mask(batch)
             Y = matrix(batch, columns.targets, np.float64)
             pred = model.predict(matrix(batch, columns.features))
