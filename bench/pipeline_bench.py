@@ -1,0 +1,181 @@
+"""End-to-end and per-stage benchmark of the exact pipeline, as ratios to baselines measured in the same run.
+
+    python -m bench.pipeline_bench --rows 10000000                 # ~1 minute on 2 cores
+    python -m bench.pipeline_bench --rows 100000000 --memory-budget 2GB
+
+Baselines: "scan" (pyarrow streaming scan of the 5 numeric columns of both tables), and "join alone"
+(DuckDB reading both tables from the same files and producing the joined Arrow record batches; Polars
+too when it is installed: the faster counts). Each pipeline stage runs in a child process so that its
+peak RSS is its own. Prints a table; nothing is asserted (CI runs none of this).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+KEYS = ["region", "year"]
+FEATURES = ["temp", "rainfall", "humidity"]
+TARGETS = ["apples", "oranges"]
+
+
+def ensure_data(rows: int, data_dir: Path) -> tuple[Path, float | None]:
+    """Generate (once) `rows` rows under data_dir/<rows>; return the path and the generator's seconds."""
+    out = data_dir / f"rows{rows}"
+    if (out / "truth.json").exists():
+        return out, None
+    from linreg.synth import generate
+
+    start = time.perf_counter()
+    generate(out, rows=rows, regions=max(rows // 100, 1), overwrite=True)
+    return out, time.perf_counter() - start
+
+
+def scan_seconds(data: Path) -> float:
+    import pyarrow.dataset as ds
+
+    start = time.perf_counter()
+    rows = 0
+    for table, columns in (("weather", FEATURES), ("yields", TARGETS)):
+        for batch in ds.dataset(data / table).to_batches(columns=columns, batch_readahead=2, fragment_readahead=1):
+            rows += batch.num_rows
+    return time.perf_counter() - start
+
+
+def join_alone_seconds(data: Path, memory_limit: str) -> dict[str, float]:
+    import duckdb
+
+    result = {}
+    con = duckdb.connect(config={"memory_limit": memory_limit})
+    select = ", ".join([f"w.{k}" for k in KEYS] + [f"w.{f}" for f in FEATURES] + [f"y.{t}" for t in TARGETS])
+    start = time.perf_counter()
+    reader = con.sql(f"SELECT {select} FROM read_parquet('{data}/weather/*.parquet') w JOIN "
+                     f"read_parquet('{data}/yields/*.parquet') y USING (region, year)").to_arrow_reader(1 << 17)
+    sum(b.num_rows for b in reader)
+    result["duckdb"] = time.perf_counter() - start
+    try:
+        import polars as pl
+    except ImportError:
+        return result
+    start = time.perf_counter()
+    lazy = pl.scan_parquet(f"{data}/weather/*.parquet").join(pl.scan_parquet(f"{data}/yields/*.parquet"), on=KEYS)
+    for _ in lazy.collect_batches():
+        pass
+    result["polars"] = time.perf_counter() - start
+    return result
+
+
+def child(stage: str, data: str, memory_budget: str) -> dict:
+    """One measured stage in this (child) process; returns seconds and details."""
+    from linreg import pipeline
+    from linreg.config import make_config
+
+    config = make_config(weather=f"{data}/weather", yields=f"{data}/yields", output=f"{data}/bench-out",
+                         trainer="exact", run_id="bench", memory_budget=memory_budget)
+    timings = {}
+    start = time.perf_counter()
+    plan = pipeline.plan_run(config)
+    timings["plan"] = time.perf_counter() - start
+    mark = time.perf_counter()
+    joined = pipeline.join_inputs(plan)
+    timings["validate+join"] = time.perf_counter() - mark
+    mark = time.perf_counter()
+    split = pipeline.split_rows(plan, joined)
+    timings["split"] = time.perf_counter() - mark
+    mark = time.perf_counter()
+    fit = pipeline.fit_model(plan, joined, split)
+    timings["fit"] = time.perf_counter() - mark
+    mark = time.perf_counter()
+    joined_scan = _scan_joined(joined.path)
+    timings["scan of joined rows"] = time.perf_counter() - mark
+    mark = time.perf_counter()
+    evaluation = pipeline.evaluate_model(plan, joined, split, fit)
+    timings["evaluate+predictions"] = time.perf_counter() - mark
+    mark = time.perf_counter()
+    pipeline.commit_run(plan, joined, fit, evaluation)
+    timings["commit"] = time.perf_counter() - mark
+    timings["end to end"] = time.perf_counter() - start
+    return {"timings": timings, "joined_rows": joined.joined_rows, "scanned": joined_scan}
+
+
+def _scan_joined(path: str) -> int:
+    from linreg.tensors import read_batches
+
+    return sum(b.num_rows for b in read_batches(path, FEATURES + TARGETS))
+
+
+def run_child(data: Path, memory_budget: str) -> dict:
+    cmd = [sys.executable, "-m", "bench.pipeline_bench", "--child", str(data), "--memory-budget", memory_budget]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[1])
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return result
+
+
+def in_memory_solvers(data: Path, joined_rows: int) -> dict[str, float]:
+    """numpy lstsq (and scikit-learn if installed) on the joined matrix: load and fit timed separately."""
+    import numpy as np
+    import pyarrow.dataset as ds
+
+    start = time.perf_counter()
+    w = ds.dataset(data / "weather").to_table(columns=KEYS + FEATURES)
+    y = ds.dataset(data / "yields").to_table(columns=KEYS + TARGETS)
+    table = w.join(y, KEYS)
+    X = np.column_stack([table.column(f).to_numpy() for f in FEATURES] + [np.ones(table.num_rows)])
+    Y = np.column_stack([table.column(t).to_numpy() for t in TARGETS])
+    result = {"load (join+matrix)": time.perf_counter() - start}
+    start = time.perf_counter()
+    np.linalg.lstsq(X, Y, rcond=None)
+    result["numpy lstsq fit"] = time.perf_counter() - start
+    try:
+        from sklearn.linear_model import LinearRegression
+    except ImportError:
+        return result
+    start = time.perf_counter()
+    LinearRegression().fit(X[:, :-1], Y)
+    result["scikit-learn fit"] = time.perf_counter() - start
+    return result
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=10_000_000)
+    parser.add_argument("--data-dir", default="/tmp/linreg-bench")
+    parser.add_argument("--memory-budget", default="2GB")
+    parser.add_argument("--skip-in-memory", action="store_true", help="skip numpy/scikit-learn on the whole matrix")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        print(json.dumps(child("all", args.child, args.memory_budget)))
+        return
+    data, gen_seconds = ensure_data(args.rows, Path(args.data_dir))
+    scan = scan_seconds(data)
+    joins = join_alone_seconds(data, "1GB")
+    join = min(joins.values())
+    stages = run_child(data, args.memory_budget)
+    t = stages["timings"]
+    print(f"rows: {args.rows:,} yield rows, {stages['joined_rows']:,} joined; memory budget {args.memory_budget}")
+    if gen_seconds:
+        print(f"generator: {gen_seconds:.1f} s ({args.rows / gen_seconds / 1e6:.2f} M rows/s)")
+    print(f"{'measure':32s} {'seconds':>9s} {'/ scan':>8s} {'/ join alone':>13s}")
+    print(f"{'scan (5 numeric columns)':32s} {scan:9.2f} {1:8.2f} {scan / join:13.2f}")
+    for name, seconds in joins.items():
+        print(f"{'join alone: ' + name:32s} {seconds:9.2f} {seconds / scan:8.2f} {seconds / join:13.2f}")
+    for name, seconds in t.items():
+        print(f"{'pipeline ' + name:32s} {seconds:9.2f} {seconds / scan:8.2f} {seconds / join:13.2f}")
+    print(f"fit / scan of the same joined rows: {t['fit'] / t['scan of joined rows']:.2f}x")
+    print(f"peak RSS of the pipeline process: {stages['peak_rss_mb']:.0f} MB")
+    if not args.skip_in_memory:
+        for name, seconds in in_memory_solvers(data, stages["joined_rows"]).items():
+            print(f"{'in memory: ' + name:32s} {seconds:9.2f}   fit / our fit stage: {seconds / t['fit']:.2f}")
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.getcwd())
+    main()
