@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass
 
 import duckdb
+import pyarrow.fs as pafs
 
 from linreg.errors import InputError, format_examples
 from linreg.io import Table
@@ -88,6 +89,17 @@ def _files_holding(table: Table, keys: list[str], row: dict) -> list[str]:
             if frag.to_table(schema=table.schema, columns=keys[:1], filter=expr).num_rows]
 
 
+def register(con: duckdb.DuckDBPyConnection, view: str, table: Table) -> None:
+    """Expose `table` to DuckDB as `view`: local files through DuckDB's own Parquet reader (its memory is
+    within DuckDB's limit, and it is faster); other filesystems through the pyarrow dataset."""
+    if isinstance(table.filesystem, pafs.LocalFileSystem):
+        files = ", ".join("'" + f.replace("'", "''") + "'" for f in table.files)
+        con.execute(f"CREATE OR REPLACE TEMP VIEW {view} AS SELECT * FROM read_parquet([{files}], "
+                    "hive_partitioning = true, union_by_name = true)")
+    else:
+        con.register(view, table.dataset)
+
+
 AGGREGATES = {"mean": "avg", "min": "min", "max": "max", "sum": "sum"}
 
 
@@ -112,14 +124,24 @@ def parse_aggregate(spec: str | None, features: list[str]) -> dict[str, str] | N
 
 
 def join_tables(con: duckdb.DuckDBPyConnection, weather: Table, yields: Table, columns: Columns,
-                out_path: str, *, max_drop_fraction: float, aggregate: dict[str, str] | None = None) -> JoinResult:
+                out_path: str, *, max_drop_fraction: float, aggregate: dict[str, str] | None = None,
+                weight_column: str | None = None, row_filter: str | None = None, check: bool = True) -> JoinResult:
     """Check keys are unique, join, write the joined rows to `out_path` sorted by keys, and check the drop rate.
+
+    row_filter: a DuckDB condition keeping one rank's rows of both tables (`linreg.shard.sql_predicate`);
+    check=False leaves the no-rows and drop-rate checks to the caller (`check_drops` on all ranks' totals).
 
     With `aggregate` ({feature: mean|min|max|sum}) weather rows at a finer grain (several per key, e.g.
     daily) are first aggregated to the keys, streaming in DuckDB; duplicate weather keys are then expected.
     """
-    con.register("weather_rows", weather.dataset)
-    con.register("yields", yields.dataset)
+    if row_filter:  # one rank's regions: the counts below are then this rank's
+        register(con, "weather_input", weather)
+        register(con, "yields_input", yields)
+        con.execute(f"CREATE OR REPLACE TEMP VIEW weather_rows AS SELECT * FROM weather_input WHERE {row_filter}")
+        con.execute(f"CREATE OR REPLACE TEMP VIEW yields AS SELECT * FROM yields_input WHERE {row_filter}")
+    else:
+        register(con, "weather_rows", weather)
+        register(con, "yields", yields)
     weather_keys = None
     if aggregate:
         key_list = ", ".join(quote(k) for k in columns.keys)
@@ -134,25 +156,36 @@ def join_tables(con: duckdb.DuckDBPyConnection, weather: Table, yields: Table, c
 
     on = " AND ".join(f"w.{quote(k)} = y.{quote(k)}" for k in columns.keys)
     select = ", ".join([f"w.{quote(k)}" for k in columns.keys] + [f"w.{quote(f)}" for f in columns.features]
-                       + [f"y.{quote(t)}" for t in columns.targets])
+                       + [f"y.{quote(t)}" for t in columns.targets]
+                       + ([f"y.{quote(weight_column)}"] if weight_column else []))  # --weight-column
     order = ", ".join(f"w.{quote(k)}" for k in columns.keys)
     joined_rows = con.execute(
         f"COPY (SELECT {select} FROM weather w JOIN yields y ON {on} ORDER BY {order}) "
         f"TO '{out_path.replace(chr(39), chr(39) * 2)}' (FORMAT parquet, ROW_GROUP_SIZE {JOINED_ROW_GROUP})").fetchone()[0]
-    result = JoinResult(path=out_path, weather_rows=weather.dataset.count_rows(),
-                        yields_rows=yields.dataset.count_rows(), joined_rows=int(joined_rows),
-                        weather_keys=weather_keys)
+    if row_filter:
+        counts = [con.sql(f"SELECT count(*) FROM {v}").fetchall()[0][0] for v in ("weather_rows", "yields")]
+    else:
+        counts = [weather.dataset.count_rows(), yields.dataset.count_rows()]
+    result = JoinResult(path=out_path, weather_rows=int(counts[0]), yields_rows=int(counts[1]),
+                        joined_rows=int(joined_rows), weather_keys=weather_keys)
+    if not check:
+        return result
     if result.joined_rows == 0:
         raise InputError(_no_rows_message(con, weather, yields, columns.keys))
-    weather_total = weather_keys if weather_keys is not None else result.weather_rows
+    check_drops(result, weather, yields, columns.keys, max_drop_fraction)
+    return result
+
+
+def check_drops(result: JoinResult, weather: Table, yields: Table, keys: list[str], max_drop_fraction: float) -> None:
+    """Raise InputError when the join dropped more than `max_drop_fraction` of either table."""
+    weather_total = result.weather_keys if result.weather_keys is not None else result.weather_rows
     for table, dropped, total in ((weather, result.weather_dropped, weather_total),
                                   (yields, result.yields_dropped, result.yields_rows)):
         if total and dropped / total > max_drop_fraction:
             raise InputError(
                 f"The join dropped {dropped} of {total} rows ({dropped / total:.0%}) of the {table.describe()}, more "
-                f"than --max-drop-fraction {max_drop_fraction:g}: their keys ({', '.join(columns.keys)}) have no "
+                f"than --max-drop-fraction {max_drop_fraction:g}: their keys ({', '.join(keys)}) have no "
                 "match in the other table. Check that both tables cover the same regions and years.")
-    return result
 
 
 def _no_rows_message(con, weather: Table, yields: Table, keys: list[str]) -> str:

@@ -19,7 +19,8 @@ def check_values(table: Table, keys: list[str], values: list[str]) -> int:
     rows = 0
     for fragment in table.fragments():
         problem: dict | None = None
-        for batch in fragment.to_batches(schema=table.schema, columns=keys + values, batch_size=BATCH_ROWS):
+        for batch in fragment.to_batches(schema=table.schema, columns=keys + values, batch_size=BATCH_ROWS,
+                                          batch_readahead=1):
             rows += batch.num_rows
             for name in keys + values:
                 if problem and problem["column"] != name:
