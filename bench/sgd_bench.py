@@ -1,0 +1,64 @@
+"""One `nn` epoch of the product against the fastest bare PyTorch loop over the same tensors and batch size.
+
+    python -m bench.sgd_bench --rows 2000000 --batch-size 1024 8192 65536
+
+The bare loop is the PERF-NOTES floor for nn.Linear + SGD: shuffled contiguous chunks (the chunk order
+is permuted, rows inside a chunk stay together), no per-epoch loss evaluation. The product's epoch
+(linreg.trainers.train_nn, one epoch, tol 0) gathers a row permutation once per epoch, then slices
+contiguous batches, and evaluates the full training loss after the epoch for its convergence rule.
+Prints rows per second and the product / floor time ratio (target: within 1.2x).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from linreg import dist
+from linreg.trainers import train_nn
+
+
+def bare_epoch(X: torch.Tensor, Y: torch.Tensor, batch: int, gen: torch.Generator) -> float:
+    model = nn.Linear(X.shape[1], Y.shape[1])
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    starts = torch.randperm((len(X) + batch - 1) // batch, generator=gen) * batch
+    start = time.perf_counter()
+    for s in starts.tolist():
+        loss = F.mse_loss(model(X[s:s + batch]), Y[s:s + batch])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return time.perf_counter() - start
+
+
+def product_epoch(X: torch.Tensor, Y: torch.Tensor, batch: int) -> float:
+    result = train_nn(X, Y, lr=0.01, epochs=1, batch_size=batch, fit_intercept=True, tol=0.0, patience=5, seed=0,
+                      cluster=dist.single_process("cpu"))
+    return result.seconds
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=2_000_000)
+    parser.add_argument("--batch-size", type=int, nargs="+", default=[1024, 8192, 65536])
+    parser.add_argument("--repeat", type=int, default=3, help="best of N epochs each")
+    args = parser.parse_args(argv)
+    rng = np.random.default_rng(0)
+    X = torch.from_numpy(rng.normal(size=(args.rows, 3)).astype(np.float32))
+    Y = torch.from_numpy(rng.normal(size=(args.rows, 2)).astype(np.float32))
+    gen = torch.Generator().manual_seed(0)
+    print(f"{args.rows:,} rows, 3 features, 2 targets, {torch.get_num_threads()} threads")
+    print(f"{'batch':>7s} {'bare M rows/s':>14s} {'product M rows/s':>17s} {'product / bare':>15s}")
+    for batch in args.batch_size:
+        bare = min(bare_epoch(X, Y, batch, gen) for _ in range(args.repeat))
+        ours = min(product_epoch(X, Y, batch) for _ in range(args.repeat))
+        print(f"{batch:7d} {args.rows / bare / 1e6:14.1f} {args.rows / ours / 1e6:17.1f} {ours / bare:15.2f}")
+
+
+if __name__ == "__main__":
+    main()
