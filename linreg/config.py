@@ -80,11 +80,45 @@ class TrainConfig(BaseModel):
     standardize: bool = Field(True, description="Gradient trainers standardize features and targets; "
                               "weights are always written in original units.",
                               json_schema_extra=_cli(negate="--no-standardize"))
+    weight_column: Optional[str] = Field(None, description="Column of the yields table holding precision weights "
+                                         "(>= 0, as in R's lm(weights=) and statsmodels' WLS): weighted least "
+                                         "squares for every trainer, weighted metrics.")
+    l2: float = Field(0.0, ge=0, description="Ridge: minimize the (weighted) mean squared error plus l2 times the "
+                      "sum of squared coefficients of the standardized features (intercept unpenalized).")
+    rcond: float = Field(1e-13, gt=0, lt=1, description="A design whose standardized condition number exceeds "
+                         "1/rcond is singular (see --singular).")
+    singular: Literal["error", "min_norm"] = Field("error", description="On a singular design (collinear, "
+                                                   "duplicated or constant features): error names the columns; "
+                                                   "min_norm warns and returns the minimum-norm solution, "
+                                                   "with null statistics for the aliased terms.")
+    confidence: float = Field(0.95, gt=0, lt=1, description="Level of the confidence intervals in the weights "
+                              "(ci_low, ci_high).")
 
     # Runs
     skip_if_unchanged: bool = Field(False, description="Do not retrain when a committed run in --output has the "
                                     "same input fingerprint (file paths, sizes, modification times, schemas) and "
                                     "the same configuration (apart from --run-id and --output): reuse that run.")
+
+    # Distributed (torchrun): several processes, GPUs and machines
+    nproc_per_node: Optional[int] = Field(None, ge=1, description="Ranks per machine: python -m flows.train "
+                                          "launches the job itself with torchrun (one per GPU on CUDA). "
+                                          "Default: one process, no torch.distributed.")
+    nnodes: int = Field(1, ge=1, description="Machines in the job; each runs the same command with its "
+                        "--node-rank and the same --rdzv-endpoint.")
+    node_rank: Optional[int] = Field(None, ge=0, description="This machine's index (0..nnodes-1); optional "
+                                     "with the c10d rendezvous.")
+    rdzv_endpoint: Optional[str] = Field(None, description="host:port of the c10d rendezvous (a machine of the "
+                                         "job, usually node 0); default 127.0.0.1:29400 on one machine.")
+    rdzv_id: Optional[str] = Field(None, description="Job id shared by the machines of one job (default: the "
+                                   "run id). Without --run-id, the run id is derived from it, so restarts resume.")
+    max_restarts: int = Field(0, ge=0, description="torchrun restarts every rank up to this many times after a "
+                              "failure; the gradient trainers resume from their last snapshot.")
+    snapshot_every: int = Field(10, ge=0, description="Gradient trainers snapshot weights, optimizer state, "
+                                "epoch and RNG state every this many epochs (0: never).")
+    resume: bool = Field(True, description="Resume from a snapshot of the same run id, configuration and inputs "
+                         "(--no-resume starts over).", json_schema_extra=_cli(negate="--no-resume"))
+    dist_timeout_seconds: float = Field(600.0, gt=0, description="A collective that waits longer than this for "
+                                        "another rank (dead or hung) ends the job with an error.")
 
     # Resources
     memory_budget: str = Field("25%", description="Memory the run may use: bytes with a unit (512MB, 4GB) or a "
@@ -125,7 +159,8 @@ class TrainConfig(BaseModel):
 
     @model_validator(mode="after")
     def _keys_and_columns_disjoint(self) -> "TrainConfig":
-        roles = {"feature": self.features, "target": self.targets, "key": self.join_keys or []}
+        roles = {"feature": self.features, "target": self.targets, "key": self.join_keys or [],
+                 "weight column": [self.weight_column] if self.weight_column else []}
         seen: dict[str, str] = {}
         for role, names in roles.items():
             for name in names:
@@ -171,6 +206,11 @@ def _comma_list(item_type):
     return parse
 
 
+def _help(text: str) -> str:
+    """argparse formats help with %: escape it."""
+    return text.replace("%", "%%")
+
+
 def build_parser(prog: str = "python -m flows.train", description: str | None = None) -> argparse.ArgumentParser:
     """An argparse parser with one option per TrainConfig field (plus launcher options added by callers)."""
     parser = argparse.ArgumentParser(
@@ -182,15 +222,15 @@ def build_parser(prog: str = "python -m flows.train", description: str | None = 
         extra = (field.json_schema_extra or {}).get("cli", {}) if isinstance(field.json_schema_extra, dict) else {}
         if field.annotation is bool and field.default is False and not extra.get("negate"):
             parser.add_argument("--" + name.replace("_", "-"), dest=name, action="store_true",
-                                default=argparse.SUPPRESS, help=field.description)
+                                default=argparse.SUPPRESS, help=_help(field.description))
             continue
         if extra.get("negate"):
             parser.add_argument(extra["negate"], dest=name, action="store_false", default=argparse.SUPPRESS,
-                                help=field.description)
+                                help=_help(field.description))
             continue
         flags = [f for f in (extra.get("flag"), "--" + name.replace("_", "-")) if f]
         item_type, is_list = _inner_type(field.annotation)
-        kwargs: dict = {"dest": name, "default": argparse.SUPPRESS, "help": field.description}
+        kwargs: dict = {"dest": name, "default": argparse.SUPPRESS, "help": _help(field.description)}
         if typing.get_origin(item_type) is Literal:
             kwargs["choices"] = list(typing.get_args(item_type))
         elif is_list:
@@ -200,7 +240,7 @@ def build_parser(prog: str = "python -m flows.train", description: str | None = 
             kwargs["type"] = item_type
         if field.default is not None and not isinstance(field.default, bool):
             shown = ",".join(map(str, field.default)) if isinstance(field.default, list) else field.default
-            kwargs["help"] = f"{field.description} (default: {shown})"
+            kwargs["help"] = _help(f"{field.description} (default: {shown})")
         parser.add_argument(*dict.fromkeys(flags), **kwargs)
     return parser
 

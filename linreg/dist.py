@@ -36,6 +36,44 @@ class Cluster:
             tdist.all_reduce(tensor, op=tdist.ReduceOp.SUM)
         return tensor
 
+    def all_reduce_max(self, value: float) -> float:
+        """The largest of every rank's `value` (a Python float; -inf stands for a rank without data)."""
+        if not self.distributed:
+            return value
+        tensor = torch.tensor([value], dtype=torch.float64, device=self.comm_device)
+        tdist.all_reduce(tensor, op=tdist.ReduceOp.MAX)
+        return float(tensor[0])
+
+    def all_gather_object(self, obj) -> list:
+        """[rank 0's obj, rank 1's obj, ...]: small picklable values (states, counts, rows), in rank order."""
+        if not self.distributed:
+            return [obj]
+        gathered = [None] * self.world_size
+        tdist.all_gather_object(gathered, obj)
+        return gathered
+
+    def broadcast_object(self, obj, src: int = 0):
+        """`obj` of rank `src` on every rank."""
+        if not self.distributed:
+            return obj
+        box = [obj]
+        tdist.broadcast_object_list(box, src=src)
+        return box[0]
+
+    def barrier(self) -> None:
+        """Wait until every rank is here (bounded by the process group's timeout)."""
+        if self.distributed:
+            tdist.barrier()
+
+    @property
+    def comm_device(self) -> torch.device:
+        """Where tensors must be for collectives: the rank's GPU under NCCL, the CPU under gloo."""
+        return self.device if self.device.type == "cuda" else torch.device("cpu")
+
+    @property
+    def backend(self) -> str | None:
+        return tdist.get_backend() if self.distributed and tdist.is_initialized() else None
+
 
 def resolve_device(option: str, local_rank: int = 0) -> torch.device:
     """'cpu', 'cuda' or 'auto' (cuda when available) -> the device of this rank."""
@@ -58,9 +96,20 @@ def setup(device: str = "auto", timeout_seconds: float = 600.0) -> Cluster:
     if world_size > 1 and not tdist.is_initialized():
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
-        tdist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo",
-                                 timeout=timedelta(seconds=timeout_seconds))
+        tdist.init_process_group(backend=backend_for(dev), timeout=timedelta(seconds=timeout_seconds),
+                                 **({"device_id": dev} if dev.type == "cuda" else {}))
     return Cluster(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
+
+
+def backend_for(device: torch.device) -> str:
+    """NCCL with one GPU per rank on CUDA, gloo on CPU."""
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+def teardown() -> None:
+    """Leave the process group (idempotent)."""
+    if tdist.is_initialized():
+        tdist.destroy_process_group()
 
 
 def single_process(device: str = "cpu") -> Cluster:

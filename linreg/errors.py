@@ -1,5 +1,7 @@
 """Errors a user can act on. Anything else is a bug or an environment failure."""
 
+import errno
+
 EXIT_OK = 0
 EXIT_FAILURE = 1     # anything unexpected: a bug, a disk or network failure
 EXIT_BAD_INPUT = 2   # bad data, bad configuration or bad command line: fix the input and rerun
@@ -17,3 +19,19 @@ def format_examples(values, limit: int = 5) -> str:
     shown = ", ".join(repr(v) if isinstance(v, str) else str(v) for v in values[:limit])
     more = len(values) - limit
     return f"{shown} (and {more} more)" if more > 0 else shown
+
+
+class TransientIOError(OSError):
+    """A storage failure worth retrying (a dropped connection, a throttled request, a flaky disk read)."""
+
+
+# errno values that a retry cannot fix: the file is missing, forbidden, or the disk is full or read-only.
+_PERMANENT_ERRNOS = frozenset({errno.ENOENT, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS, errno.ENOTDIR,
+                               errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG})
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for I/O errors a retry may fix. Bad input (InputError) and permanent OS errors are not."""
+    if isinstance(exc, InputError) or not isinstance(exc, OSError):
+        return False
+    return isinstance(exc, TransientIOError) or exc.errno not in _PERMANENT_ERRNOS

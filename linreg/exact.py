@@ -8,6 +8,7 @@ squares (k,) read off R, without a second pass over the data. Memory is
 O(n^2 + 8192 * n) whatever the number of rows.
 """
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,15 +18,68 @@ from linreg.errors import InputError, format_examples
 BLOCK_ROWS = 8192
 
 
+class SingularDesignWarning(UserWarning):
+    """A rank-deficient design was solved by its minimum-norm solution (singular="min_norm")."""
+
+
+@dataclass(frozen=True)
+class DesignFactor:
+    """The training design as inference needs it, from the triangular factor (float64, weighted).
+
+    Rxx is the factor of the weighted design without its ones column, centred at the weighted means when
+    there is an intercept: Rxx^T Rxx = (X - 1 x_mean^T)^T W (X - 1 x_mean^T). `ls_*` is the least-squares
+    solution (the minimum-norm one if the design is rank-deficient), whatever was asked (ridge or not);
+    `rss` gives the residual sum of squares of any other coefficients without touching the data again.
+    """
+
+    fit_intercept: bool
+    n_rows: int  # rows with positive weight
+    weight_sum: float  # W, the sum of the weights (n_rows when unweighted)
+    x_mean: np.ndarray  # (p,) weighted means; zeros without an intercept
+    y_mean: np.ndarray  # (k,)
+    Rxx: np.ndarray  # (p, p)
+    tss: np.ndarray  # (k,) total sum of squares: centred with an intercept, uncentred without
+    ls_coef: np.ndarray  # (k, p)
+    ls_intercept: np.ndarray  # (k,)
+    ls_rss: np.ndarray  # (k,)
+    rank: int  # rank of the feature block (centred with an intercept); the design's rank adds the intercept
+    condition_number: float  # 2-norm condition number of the standardized design
+    unscaled_variance: np.ndarray  # (p + 1,) diag of (X'WX)^-1 for features then intercept; NaN if not estimable
+    aliased: np.ndarray  # (p + 1,) bool: the term's coefficient differs between least-squares solutions
+
+    def rss(self, coef: np.ndarray, intercept: np.ndarray) -> np.ndarray:
+        """(k,) weighted residual sum of squares on the training rows of coef (k, p), intercept (k,).
+
+        RSS(a, b) = RSS_ls + ||Rxx (b_ls - b)||^2 + W (a_ls - a + x_mean . (b_ls - b))^2: the least-squares
+        residual is orthogonal to every column, and the differences are computed from the coefficients
+        directly, so a model close to the optimum loses no digits to cancellation.
+        """
+        d_beta = self.ls_coef - np.asarray(coef, dtype=np.float64)
+        top = d_beta @ self.Rxx.T
+        rss = self.ls_rss + np.einsum("ij,ij->i", top, top)
+        if self.fit_intercept:
+            gap = (self.ls_intercept - np.asarray(intercept, dtype=np.float64)) + d_beta @ self.x_mean
+            rss = rss + self.weight_sum * gap * gap
+        return rss
+
+
 @dataclass(frozen=True)
 class ExactSolution:
-    """Least-squares fit. Arrays are float64 in the units of X and Y."""
+    """Exact solution of the configured problem (least squares, or ridge with l2 > 0), float64 in the
+    units of X and Y."""
 
     coef: np.ndarray  # (k, p)
     intercept: np.ndarray  # (k,); zeros when fit_intercept=False
     rss: np.ndarray  # (k,) residual sum of squares per target (weighted if weights were given)
     n_rows: int  # rows with positive weight
     condition_number: float  # 2-norm condition number of the standardized design
+    factor: DesignFactor | None = None  # what inference needs
+    l2: float = 0.0
+
+    @property
+    def rank(self) -> int:
+        """Rank of the design counting the intercept (R's lm$rank)."""
+        return self.factor.rank + int(self.factor.fit_intercept)
 
 
 class ExactAccumulator:
@@ -149,13 +203,21 @@ class ExactAccumulator:
         acc._n_rows = n_rows
         return acc
 
-    def solve(self, feature_names: list[str] | None = None, rcond: float = 1e-13) -> ExactSolution:
-        """Least-squares coefficients. Raises InputError if too few rows or collinear features."""
+    def solve(self, feature_names: list[str] | None = None, rcond: float = 1e-13, *, l2: float = 0.0,
+              singular: str = "error") -> ExactSolution:
+        """Least squares, or ridge with l2 > 0 (mean squared error + l2 * sum of squared standardized coefficients,
+        intercept unpenalized). The design is singular when the condition number of the standardized
+        design exceeds 1 / rcond: singular="error" raises an InputError naming the columns; "min_norm"
+        warns (SingularDesignWarning) and returns the minimum-norm solution in standardized units.
+        Ridge (l2 > 0) is well posed whatever the design. Raises InputError if there are too few rows.
+        """
+        if singular not in ("error", "min_norm"):
+            raise ValueError(f"singular must be 'error' or 'min_norm', not {singular!r}.")
         p, k, c = self.n_features, self.n_targets, int(self.fit_intercept)
         names = list(feature_names) if feature_names is not None else [f"x{j}" for j in range(p)]
         if len(names) != p:
             raise ValueError(f"Got {len(names)} feature names for {p} features.")
-        need = p + c
+        need = p + c if l2 == 0 and singular == "error" else 1
         if self._n_rows < need:
             with_intercept = " with an intercept" if c else ""
             raise InputError(f"Need at least {need} rows to fit {p} features{with_intercept}; got {self._n_rows}.")
@@ -164,33 +226,103 @@ class ExactAccumulator:
         Rxx, Rxy, Ryy = R[c : c + p, c : c + p], R[c : c + p, c + p :], R[c + p :, c + p :]
         # Column norms of R equal those of the (centred, weighted) design columns.
         norms = np.linalg.norm(Rxx, axis=0)
-        cond, v = _condition(Rxx / np.where(norms > 0, norms, 1.0)) if p else (1.0, None)
-        if not cond <= 1.0 / rcond:  # also catches NaN
-            raise InputError(_collinearity_message(cond, rcond, v, norms, names, self.fit_intercept))
+        scale = np.where(norms > 0, norms, 1.0)
+        U, sv, Vt = np.linalg.svd(Rxx / scale) if p else (None, np.ones(0), None)
+        cond = (sv[0] / sv[-1] if sv[-1] > 0 else np.inf) if p else 1.0
+        rank = int(np.sum(sv >= sv[0] * rcond)) if p and sv[0] > 0 else 0
+        full_rank = bool(cond <= 1.0 / rcond)  # also False for NaN
+        if not full_rank and l2 == 0 and singular == "error":
+            raise InputError(_collinearity_message(cond, rcond, Vt[-1], norms, names, self.fit_intercept)
+                             + " (Or pass --singular min_norm for the minimum-norm solution, or --l2 for ridge.)")
 
-        # Back substitution is invariant to column scaling, so R need not be equilibrated for it.
-        beta = _back_substitute(Rxx, Rxy)  # (p, k)
-        rss = np.einsum("ij,ij->j", Ryy, Ryy)
         if c:
-            b0 = (R[0, 1 + p :] - R[0, 1 : 1 + p] @ beta) / R[0, 0]
-            x_shift, y_shift = self._shift[:p], self._shift[p:]
-            intercept = y_shift + b0 - x_shift @ beta
+            weight_sum = float(R[0, 0] ** 2)  # the ones column, weighted by sqrt(w): its squared norm is W
+            x_mean = R[0, 1 : 1 + p] / R[0, 0] + self._shift[:p]
+            y_mean = R[0, 1 + p :] / R[0, 0] + self._shift[p:]
+            tss = np.einsum("ij,ij->j", R[1:, 1 + p :], R[1:, 1 + p :])
         else:
-            intercept = np.zeros(k)
-        return ExactSolution(
-            coef=np.ascontiguousarray(beta.T),
-            intercept=intercept,
-            rss=rss,
-            n_rows=self._n_rows,
-            condition_number=float(cond),
-        )
+            weight_sum = float(np.nan)  # not needed without an intercept
+            x_mean, y_mean = np.zeros(p), np.zeros(k)
+            tss = np.einsum("ij,ij->j", R[:, p:], R[:, p:])
+
+        if full_rank:
+            # Back substitution is invariant to column scaling, so R need not be equilibrated for it.
+            beta = _back_substitute(Rxx, Rxy)  # (p, k)
+            ls_rss = np.einsum("ij,ij->j", Ryy, Ryy)
+            inverse = _back_substitute(Rxx, np.eye(p))  # Rxx^-1: (X'WX)^-1 = Rxx^-1 Rxx^-T
+            variance = np.einsum("ij,ij->i", inverse, inverse)
+            intercept_variance = 1.0 / weight_sum + np.sum((inverse.T @ x_mean) ** 2) if c else np.nan
+            aliased = np.zeros(p + 1, dtype=bool)
+        else:
+            # Minimum norm in standardized units (the limit of ridge as l2 -> 0): pseudo-inverse of Rxx / scale.
+            pinv = Vt[:rank].T / sv[:rank]  # (p, rank)
+            beta = (pinv @ (U[:, :rank].T @ Rxy)) / scale[:, None]
+            top = Rxy - Rxx @ beta
+            ls_rss = np.einsum("ij,ij->j", Ryy, Ryy) + np.einsum("ij,ij->j", top, top)
+            variance = np.einsum("ij,ij->i", pinv, pinv) / scale**2
+            intercept_variance = 1.0 / weight_sum + np.sum((pinv.T @ (x_mean / scale)) ** 2) if c else np.nan
+            aliased = _aliased(Vt[rank:].T / scale[:, None], norms, x_mean, weight_sum, self.fit_intercept)
+            if l2 == 0:
+                warnings.warn(_collinearity_message(cond, rcond, Vt[-1], norms, names, self.fit_intercept)
+                              + " Returning the minimum-norm solution (in standardized units); the aliased terms "
+                              f"{format_examples([(names + ['intercept'])[j] for j in np.flatnonzero(aliased)])} "
+                              "have no standard errors.", SingularDesignWarning, stacklevel=2)
+        unscaled_variance = np.append(variance, intercept_variance)
+        unscaled_variance[aliased] = np.nan
+        ls_intercept = self._intercept(beta) if c else np.zeros(k)
+        factor = DesignFactor(fit_intercept=self.fit_intercept, n_rows=self._n_rows, weight_sum=weight_sum,
+                              x_mean=x_mean, y_mean=y_mean, Rxx=Rxx.copy(), tss=tss,
+                              ls_coef=np.ascontiguousarray(beta.T), ls_intercept=ls_intercept, ls_rss=ls_rss,
+                              rank=rank, condition_number=float(cond), unscaled_variance=unscaled_variance,
+                              aliased=aliased)
+        if l2 > 0:
+            beta = _ridge(Rxx / scale, Rxy, l2) / scale[:, None]
+            intercept = self._intercept(beta) if c else np.zeros(k)
+            coef = np.ascontiguousarray(beta.T)
+            rss = factor.rss(coef, intercept)
+        else:
+            coef, intercept, rss = factor.ls_coef, ls_intercept, ls_rss
+        return ExactSolution(coef=coef, intercept=intercept, rss=rss, n_rows=self._n_rows,
+                             condition_number=float(cond), factor=factor, l2=float(l2))
+
+    def _intercept(self, beta: np.ndarray) -> np.ndarray:
+        """(k,) intercepts in original units for feature coefficients beta (p, k): the optimum given beta."""
+        p, R = self.n_features, self._R
+        b0 = (R[0, 1 + p :] - R[0, 1 : 1 + p] @ beta) / R[0, 0]
+        return self._shift[p:] + b0 - self._shift[:p] @ beta
 
 
-def _condition(Rs: np.ndarray) -> tuple[float, np.ndarray]:
-    """2-norm condition number of Rs and its right singular vector for the smallest singular value."""
-    _, s, Vt = np.linalg.svd(Rs)
-    cond = s[0] / s[-1] if s[-1] > 0 else np.inf
-    return cond, Vt[-1]
+def _ridge(Rs: np.ndarray, Rxy: np.ndarray, l2: float) -> np.ndarray:
+    """argmin ||Rs z - Rxy||^2 + l2 ||z||^2, (p, k), by a QR of the factor stacked on sqrt(l2) I.
+
+    With Rs the factor scaled to unit column norms (z = beta * column norm = beta * sd * sqrt(W)), this is
+    W times [weighted MSE + l2 * sum (beta * sd)^2]: the ridge objective, without normal equations.
+    """
+    p, k = Rxy.shape
+    stacked = np.block([[Rs, Rxy], [np.sqrt(l2) * np.eye(p), np.zeros((p, k))]])
+    R2 = np.linalg.qr(stacked, mode="r")
+    return _back_substitute(R2[:p, :p], R2[:p, p:])
+
+
+def _aliased(null: np.ndarray, norms: np.ndarray, x_mean: np.ndarray, weight_sum: float,
+             fit_intercept: bool, tol: float = 1e-8) -> np.ndarray:
+    """(p + 1,) bool: terms with a component in the null space of the design [X, 1].
+
+    null (p, d): a basis of the null space of the (centred) feature block; with an intercept, each null
+    vector v of the centred block is (v, -x_mean . v) for the design with its ones column. Components are
+    compared in units where every design column has norm 1, so the tolerance is scale-free.
+    """
+    p = len(norms)
+    if fit_intercept:
+        column_norms = np.sqrt(norms**2 + weight_sum * x_mean**2)  # uncentred column norms
+        full = np.vstack([null * np.where(column_norms > 0, column_norms, 1.0)[:, None],
+                          -np.sqrt(weight_sum) * (x_mean @ null)[None, :]])
+    else:
+        full = np.vstack([null * np.where(norms > 0, norms, 1.0)[:, None], np.zeros((1, null.shape[1]))])
+    basis = np.linalg.qr(full)[0]
+    aliased = np.linalg.norm(basis, axis=1) > tol
+    aliased[p] &= fit_intercept
+    return aliased
 
 
 def _back_substitute(U: np.ndarray, B: np.ndarray) -> np.ndarray:

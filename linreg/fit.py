@@ -3,6 +3,11 @@
 One pass over the batches accumulates the exact least-squares solution (streaming QR, float64), which
 every run reports as the reference optimum, and, for the gradient trainers, the float64 moments for
 standardization and the float32 training tensors. Weights come back in original units.
+
+Batches are (X, Y) or (X, Y, w) with precision weights w (m,) >= 0: weighted least squares for every
+trainer. `options.l2` > 0 fits ridge: (weighted) MSE + l2 * sum of squared coefficients of the
+standardized features, intercept unpenalized, the same objective for every trainer (exactly solved by
+`exact`). Inference statistics (`linreg.inference`) of the returned model come from the exact factor.
 """
 
 from __future__ import annotations
@@ -14,9 +19,10 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from linreg import dist
+from linreg import dist, ranks
 from linreg.errors import InputError
 from linreg.exact import ExactAccumulator, ExactSolution
+from linreg.inference import FitStatistics, statistics
 from linreg.model import LinearModel
 from linreg.standardize import Moments, Standardizer
 from linreg.tensors import stack_float32
@@ -36,6 +42,10 @@ class TrainOptions:
     patience: int = 5
     seed: int = 0
     device: str = "auto"
+    l2: float = 0.0
+    rcond: float = 1e-13
+    singular: str = "error"
+    confidence: float = 0.95
 
     @classmethod
     def from_config(cls, config) -> "TrainOptions":
@@ -49,6 +59,7 @@ class FitResult:
     model: LinearModel
     exact: ExactSolution
     train_rows: int
+    stats: FitStatistics | None = None
     losses: list[float] = field(default_factory=list)
     epochs: int = 0
     lr: float | None = None
@@ -56,9 +67,15 @@ class FitResult:
     seconds: float = 0.0
 
 
-def fit(batches: Iterable[tuple[np.ndarray, np.ndarray]], *, trainer: str, features: list[str],
-        targets: list[str], options: TrainOptions = TrainOptions()) -> FitResult:
-    """Fit on batches of X (m, p) and Y (m, k), any float dtype (kept at stored precision for `exact`)."""
+def fit(batches: Iterable[tuple[np.ndarray, ...]], *, trainer: str, features: list[str],
+        targets: list[str], options: TrainOptions = TrainOptions(), cluster: dist.Cluster | None = None,
+        checkpoint=None) -> FitResult:
+    """Fit on batches of X (m, p), Y (m, k) and optionally sample weights w (m,), any float dtype (kept at
+    stored precision for `exact`).
+
+    cluster: with several ranks, each passes its own shard's batches; the exact factor and the moments are
+    merged across ranks (`linreg.ranks`), so the solution, standardization and learning rate equal one
+    process's, and the gradient trainers run data-parallel. checkpoint: a `linreg.snapshot.Snapshots`."""
     start = time.perf_counter()
     gradient = trainer in TRAINERS
     if not gradient and trainer != "exact":
@@ -67,39 +84,64 @@ def fit(batches: Iterable[tuple[np.ndarray, np.ndarray]], *, trainer: str, featu
     exact = ExactAccumulator(p, k, fit_intercept=options.fit_intercept)
     x_moments, y_moments = Moments(p), Moments(k)
     parts: list[np.ndarray] = []
-    for X, Y in batches:
-        exact.update(X, Y)
+    weighted = False
+    for X, Y, *rest in batches:
+        w = rest[0] if rest else None
+        weighted = weighted or w is not None
+        exact.update(X, Y, w)
         if gradient:
-            x_moments.update(X)
-            y_moments.update(Y)
-            parts.append(np.hstack([X, Y]).astype(np.float32))
+            x_moments.update(X, w)
+            y_moments.update(Y, w)
+            parts.append(np.hstack([X, Y] if w is None else [X, Y, np.asarray(w)[:, None]]).astype(np.float32))
+    cluster = cluster or dist.single_process(options.device if gradient else "cpu")
+    if cluster.distributed:  # every rank ends with the merged (all-rank) factor and moments
+        exact = ranks.merge_exact(cluster, exact)
+        weighted = any(cluster.all_gather_object(weighted))
+        if gradient:
+            x_moments, y_moments = ranks.merge_moments(cluster, x_moments), ranks.merge_moments(cluster, y_moments)
     if exact.n_rows == 0:
-        raise InputError("No training rows are left after the holdout split.")
-    solution = exact.solve(feature_names=list(features))
-    if not gradient:
-        model = LinearModel(solution.coef, solution.intercept, tuple(features), tuple(targets))
-        return FitResult(model=model, exact=solution, train_rows=exact.n_rows, seconds=time.perf_counter() - start)
+        raise InputError("No training rows are left after the holdout split" +
+                         (" with a positive sample weight." if weighted else "."))
+    solution = exact.solve(feature_names=list(features), rcond=options.rcond, l2=options.l2,
+                           singular=options.singular)
 
-    cluster = dist.single_process(options.device)
+    def result(model: LinearModel, **extra) -> FitResult:
+        stats = statistics(solution.factor, model.coef_, model.intercept_, confidence=options.confidence,
+                           coefficients_estimated=options.l2 == 0)
+        return FitResult(model=model, exact=solution, train_rows=exact.n_rows, stats=stats,
+                         seconds=time.perf_counter() - start, **extra)
+
+    if not gradient:
+        return result(LinearModel(solution.coef, solution.intercept, tuple(features), tuple(targets)))
+
     scaler = Standardizer.fit(x_moments, y_moments, fit_intercept=options.fit_intercept, enabled=options.standardize)
-    data = stack_float32(parts, p + k, torch.device("cpu"))
+    data = stack_float32(parts, p + k + weighted, torch.device("cpu"))
     del parts
     shift = torch.from_numpy(np.concatenate([scaler.x_mean, scaler.y_mean]).astype(np.float32))
     scale = torch.from_numpy(np.concatenate([scaler.x_scale, scaler.y_scale]).astype(np.float32))
-    data.sub_(shift).div_(scale)
+    data[:, :p + k].sub_(shift).div_(scale)
     data = data.to(cluster.device)
-    X, Y = data[:, :p], data[:, p:]
+    X, Y = data[:, :p], data[:, p:p + k]
+    sample_weight = data[:, p + k] if weighted else None
+    penalty = None
+    if options.l2 > 0:
+        # Ridge on the standardized features (sd, or root mean square through the origin), whatever the
+        # trainer's own scaling: in its space the coefficient c maps to beta * sd / x_scale.
+        sd = Standardizer.fit(x_moments, y_moments, fit_intercept=options.fit_intercept, enabled=True).x_scale
+        penalty = torch.from_numpy((options.l2 * (sd / scaler.x_scale) ** 2).astype(np.float32)).to(cluster.device)
     batch_size = options.batch_size or (None if trainer == "manual" else NN_DEFAULT_BATCH)
     lr = options.lr
     if lr is None:
-        max_row_sq = float((X * X).sum(dim=1).max()) + (1.0 if options.fit_intercept else 0.0)
-        lr = auto_lr(scaler.second_moment(x_moments, options.fit_intercept), max_row_sq, n_rows=len(X),
-                     batch=batch_size or len(X), n_targets=k)
+        local_max = float((X * X).sum(dim=1).max()) if len(X) else -np.inf
+        max_row_sq = cluster.all_reduce_max(local_max) + (1.0 if options.fit_intercept else 0.0)
+        n_rows = ranks.total(cluster, len(X))  # all ranks' rows: the same lr as one process
+        lr = auto_lr(scaler.second_moment(x_moments, options.fit_intercept), max_row_sq, n_rows=n_rows,
+                     batch=batch_size or n_rows, n_targets=k,
+                     max_penalty=0.0 if penalty is None else float(penalty.max()))
     trained = TRAINERS[trainer](X, Y, lr=lr, epochs=options.epochs, batch_size=batch_size,
                                 fit_intercept=options.fit_intercept, tol=options.tol, patience=options.patience,
-                                seed=options.seed, cluster=cluster)
+                                seed=options.seed, cluster=cluster, sample_weight=sample_weight, penalty=penalty,
+                                checkpoint=checkpoint)
     coef, intercept = scaler.to_original(trained.coef, trained.intercept)
-    model = LinearModel(coef, intercept, tuple(features), tuple(targets))
-    return FitResult(model=model, exact=solution, train_rows=exact.n_rows, losses=trained.losses,
-                     epochs=trained.epochs, lr=lr, stop_reason=trained.stop_reason,
-                     seconds=time.perf_counter() - start)
+    return result(LinearModel(coef, intercept, tuple(features), tuple(targets)), losses=trained.losses,
+                  epochs=trained.epochs, lr=lr, stop_reason=trained.stop_reason)

@@ -91,9 +91,15 @@ class Staging:
     def area(self) -> str:
         return f"{self.root}/{STAGING}/{self.name}"
 
-    def file(self, dataset: str) -> str:
-        """Local path where the run writes `dataset`'s partition file."""
-        return os.path.join(self.local_dir, dataset, f"{self.key}={self.run_id}", PART_FILE)
+    def file(self, dataset: str, part: int = 0) -> str:
+        """Local path where the run writes `dataset`'s partition file (part > 0: another rank's share)."""
+        return os.path.join(self.local_dir, dataset, f"{self.key}={self.run_id}", part_file(part))
+
+    def upload(self, dataset: str, local_path: str, part: int) -> None:
+        """Put a part file written elsewhere (a rank's work directory) into the staging area on object storage."""
+        target = f"{self.area}/{dataset}/{self.key}={self.run_id}/{part_file(part)}"
+        pafs.copy_files(local_path, target, source_filesystem=pafs.LocalFileSystem(),
+                        destination_filesystem=self.filesystem)
 
     def renew_lease(self) -> None:
         """Mark the staging area as used by a live run (checked by `recover` of other runs)."""
@@ -113,9 +119,10 @@ class Staging:
         """Publish every dataset's partition, the runs index last; return dataset -> final location."""
         if not self.is_local:
             for dataset in self.datasets:
-                target = f"{self.area}/{dataset}/{self.key}={self.run_id}/{PART_FILE}"
-                pafs.copy_files(self.file(dataset), target, source_filesystem=pafs.LocalFileSystem(),
-                                destination_filesystem=self.filesystem)
+                local = os.path.dirname(self.file(dataset))
+                for name in sorted(os.listdir(local)) if os.path.isdir(local) else []:  # every rank's part
+                    pafs.copy_files(os.path.join(local, name), f"{self.area}/{dataset}/{self.key}={self.run_id}/{name}",
+                                    source_filesystem=pafs.LocalFileSystem(), destination_filesystem=self.filesystem)
         journal = {"run_id": self.run_id, "datasets": list(self.datasets), "key": self.key}
         _write_text(self.filesystem, f"{self.area}/{JOURNAL}", json.dumps(journal))
         roll_forward(self.filesystem, self.root, self.name, journal, self.is_local)
@@ -123,6 +130,11 @@ class Staging:
             shutil.rmtree(self.local_dir, ignore_errors=True)
         prefix = "" if self.is_local else self.output.split("://", 1)[0] + "://"
         return {d: prefix + partition(self.root, d, self.run_id, self.key) for d in self.datasets}
+
+
+def part_file(part: int) -> str:
+    """part-0.parquet, part-1.parquet, ...: one file per rank that wrote a share of a dataset."""
+    return PART_FILE if part == 0 else f"part-{part}.parquet"
 
 
 def before_file_operation() -> None:
@@ -149,8 +161,14 @@ def roll_forward(filesystem: pafs.FileSystem, root: str, name: str, journal: dic
             os.makedirs(os.path.dirname(final), exist_ok=True)
             os.rename(staged, final)
         else:
-            before_file_operation()
-            filesystem.copy_file(f"{staged}/{PART_FILE}", f"{final}/{PART_FILE}")
+            parts = sorted(i.base_name for i in filesystem.get_file_info(pafs.FileSelector(staged)))
+            for old in filesystem.get_file_info(pafs.FileSelector(final, allow_not_found=True)):
+                if old.base_name not in parts:  # a replaced run's part that the new run does not have
+                    before_file_operation()
+                    filesystem.delete_file(old.path)
+            for name in parts:  # part-0.parquet, or one part per rank of a distributed run
+                before_file_operation()
+                filesystem.copy_file(f"{staged}/{name}", f"{final}/{name}")
             before_file_operation()
             filesystem.delete_dir(staged)
     before_file_operation()

@@ -23,17 +23,20 @@ import pyarrow as pa
 import torch
 
 import linreg
-from linreg import metrics, outputs
+from linreg import metrics, outputs, ranks, shard
 from linreg.config import TrainConfig
 from linreg.errors import InputError
 from linreg.fit import FitResult, TrainOptions, fit
 from linreg.io import BATCH_ROWS, fingerprint, open_table
-from linreg.join import JoinResult, connect, join_tables, parse_aggregate, quote
+from linreg.dist import Cluster
+from linreg.join import JoinResult, check_drops, connect, join_tables, parse_aggregate, quote
 from linreg.model import LinearModel
 from linreg.progress import Progress
 from linreg.schema import SCHEMA_VERSION, Columns, metrics_schema, predictions_schema, pred_column, resolve_columns
 from linreg.split import Split, choose_split
 from linreg.tensors import matrix, read_batches
+from linreg.sample_weights import check_weights
+from linreg.schema import check_weight_column
 from linreg.validate import check_values
 
 log = logging.getLogger(__name__)
@@ -80,6 +83,8 @@ def plan_run(config: TrainConfig) -> RunPlan:
     weather = open_table(config.weather, "weather")
     yields = open_table(config.yields, "yields")
     columns = resolve_columns(weather, yields, features=config.features, targets=config.targets, keys=config.join_keys)
+    if config.weight_column:
+        check_weight_column(yields, config.weight_column, columns)
     if config.holdout_from_year is not None and config.time_column not in columns.keys:
         raise InputError(f"--holdout-from-year needs the time column {config.time_column!r} among the keys "
                          f"({', '.join(columns.keys)}).")
@@ -95,21 +100,56 @@ def plan_run(config: TrainConfig) -> RunPlan:
     return plan
 
 
-def join_inputs(plan: RunPlan) -> JoinResult:
-    """Validate values (file by file), check keys are unique, and join the tables into the work directory."""
+def join_inputs(plan: RunPlan, cluster: Cluster | None = None) -> JoinResult:
+    """Validate values (file by file), check keys are unique, and join the tables into the work directory.
+
+    With several ranks (cluster), each validates its share of the files and joins its shard of regions
+    (`linreg.shard`); the counts returned are the rank's, the drop checks are on all ranks' totals."""
     start = time.perf_counter()
     config, columns = plan.config, plan.columns
     weather = open_table(config.weather, "weather")
     yields = open_table(config.yields, "yields")
-    check_values(weather, columns.keys, columns.features)
-    check_values(yields, columns.keys, columns.targets)
+    world, rank = (cluster.world_size, cluster.rank) if cluster else (1, 0)
+    checked = weather, yields
+    if world > 1:  # this rank's shard: only its files when partitioned by region, else filtered in the join
+        all_files = len(weather.files), len(yields.files)
+        weather, w_partitioned = shard.restrict(weather, columns.region, rank, world)
+        yields, y_partitioned = shard.restrict(yields, columns.region, rank, world)
+        log.info("shard %d of %d: reads weather %d of %d file(s)%s, yields %d of %d file(s)%s", rank, world,
+                 len(weather.files), all_files[0], " (partitioned by region)" if w_partitioned else ", filtered by region",
+                 len(yields.files), all_files[1], " (partitioned by region)" if y_partitioned else ", filtered by region")
+        checked = (weather if w_partitioned else shard.files_to_validate(weather, rank, world),
+                   yields if y_partitioned else shard.files_to_validate(yields, rank, world))
+    problem = None
+    try:
+        check_values(checked[0], columns.keys, columns.features)
+        weight = [config.weight_column] if config.weight_column else []
+        check_values(checked[1], columns.keys, columns.targets + weight)
+        if config.weight_column:
+            check_weights(checked[1], columns.keys, config.weight_column)
+    except InputError as exc:
+        if world == 1:
+            raise
+        problem = str(exc)
+    if world > 1:  # every rank fails with the first rank's input error, instead of waiting for it
+        problems = [p for p in cluster.all_gather_object(problem) if p]
+        if problems:
+            raise InputError(problems[0])
     con = connect(plan.work_dir, plan.config.memory_budget_bytes() // 2)
     try:
         joined = join_tables(con, weather, yields, columns, os.path.join(plan.work_dir, "joined.parquet"),
                              max_drop_fraction=config.max_drop_fraction,
-                             aggregate=parse_aggregate(config.aggregate, columns.features))
+                             aggregate=parse_aggregate(config.aggregate, columns.features),
+                             weight_column=config.weight_column,
+                             row_filter=shard.sql_predicate(columns.region, rank, world), check=world == 1)
     finally:
         con.close()
+    if world > 1:
+        total = global_join(cluster, joined)
+        if total.joined_rows == 0:
+            raise InputError(f"No rows are left after joining the {weather.describe()} with the {yields.describe()} "
+                             f"on ({', '.join(columns.keys)}): no key appears in both.")
+        check_drops(total, weather, yields, columns.keys, config.max_drop_fraction)
     plan.timings["join"] = time.perf_counter() - start
     log.info("joined %d rows (weather %d rows, %d dropped; yields %d rows, %d dropped) in %.2f s",
              joined.joined_rows, joined.weather_rows, joined.weather_dropped, joined.yields_rows,
@@ -117,8 +157,20 @@ def join_inputs(plan: RunPlan) -> JoinResult:
     return joined
 
 
-def split_rows(plan: RunPlan, joined: JoinResult) -> Split:
-    """Choose the holdout (whole regions, or later years) among the joined rows."""
+def global_join(cluster: Cluster | None, joined: JoinResult) -> JoinResult:
+    """The join's counts summed over ranks (regions are disjoint across ranks); the path stays this rank's."""
+    if cluster is None or not cluster.distributed:
+        return joined
+    counts = cluster.all_gather_object((joined.weather_rows, joined.yields_rows, joined.joined_rows,
+                                        joined.weather_keys))
+    keys = None if counts[0][3] is None else sum(c[3] for c in counts)
+    return JoinResult(path=joined.path, weather_rows=sum(c[0] for c in counts), yields_rows=sum(c[1] for c in counts),
+                      joined_rows=sum(c[2] for c in counts), weather_keys=keys)
+
+
+def split_rows(plan: RunPlan, joined: JoinResult, cluster: Cluster | None = None) -> Split:
+    """Choose the holdout (whole regions, or later years) among the joined rows (of every rank: the
+    union of the ranks' regions is the single-process set, so the holdout is the same)."""
     config, region = plan.config, plan.columns.region
     con = connect(plan.work_dir, plan.config.memory_budget_bytes() // 2)
     try:
@@ -127,6 +179,8 @@ def split_rows(plan: RunPlan, joined: JoinResult) -> Split:
             f"SELECT DISTINCT {quote(region)} FROM read_parquet('{path}') ORDER BY 1").fetchall()]
     finally:
         con.close()
+    if cluster is not None and cluster.distributed:
+        regions = sorted(set().union(*cluster.all_gather_object(regions)))
     split = choose_split(regions, region_column=region, holdout_regions=config.holdout_regions,
                          holdout_fraction=config.holdout_fraction, seed=config.seed,
                          time_column=config.time_column, from_year=config.holdout_from_year)
@@ -134,24 +188,32 @@ def split_rows(plan: RunPlan, joined: JoinResult) -> Split:
     return split
 
 
-def fit_model(plan: RunPlan, joined: JoinResult, split: Split) -> FitResult:
-    """Fit on the training rows of the joined file (one scan), with the configured trainer."""
+def fit_model(plan: RunPlan, joined: JoinResult, split: Split, cluster: Cluster | None = None,
+              checkpoint=None) -> FitResult:
+    """Fit on the training rows of the joined file (one scan), with the configured trainer (data-parallel
+    over the ranks of `cluster`; `checkpoint`: `linreg.snapshot.Snapshots` for the gradient trainers)."""
     config, columns = plan.config, plan.columns
 
     def train_batches():
         progress = Progress("fit pass", joined.joined_rows, log)
-        for batch in read_batches(joined.path, columns.keys + columns.features + columns.targets):
+        weight = [config.weight_column] if config.weight_column else []
+        for batch in read_batches(joined.path, columns.keys + columns.features + columns.targets + weight):
             progress.advance(batch.num_rows)
             if progress.done % (64 * BATCH_ROWS) < batch.num_rows:  # about every 16M rows: still alive
                 plan.staging.renew_lease()
             batch = batch.filter(pa.array(~split.holdout_mask(batch)))
-            yield matrix(batch, columns.features), matrix(batch, columns.targets)
+            yield (matrix(batch, columns.features), matrix(batch, columns.targets),
+                   *([matrix(batch, weight, np.float64)[:, 0]] if weight else []))
 
     result = fit(train_batches(), trainer=config.trainer, features=columns.features, targets=columns.targets,
-                 options=TrainOptions.from_config(config))
+                 options=TrainOptions.from_config(config), cluster=cluster, checkpoint=checkpoint)
     if result.epochs:
         log.info("%s trainer: %d epoch(s), lr %.3g, %s; %.2f s", config.trainer, result.epochs, result.lr,
                  result.stop_reason, result.seconds)
+    aliased = result.exact.factor.aliased
+    if aliased.any():
+        log.warning("singular design (rank %d): minimum-norm solution; aliased terms without statistics: %s",
+                    result.exact.rank, ", ".join((columns.features + ["intercept"])[j] for j in np.flatnonzero(aliased)))
     return result
 
 
@@ -164,40 +226,65 @@ class Evaluation:
     regions: dict[str, int]
 
 
-def evaluate_model(plan: RunPlan, joined: JoinResult, split: Split, fit: FitResult) -> Evaluation:
-    """Predict every joined row, stream the predictions to staging, and compute the metrics."""
+def evaluate_model(plan: RunPlan, joined: JoinResult, split: Split, fit: FitResult,
+                   cluster: Cluster | None = None) -> Evaluation:
+    """Predict every joined row, stream the predictions to staging, and compute the metrics.
+
+    With several ranks each writes its rows' predictions as its own part file (part-<rank>.parquet) and
+    the sums behind the metrics are reduced over ranks; rank 0 writes the metrics and weights."""
+    world, rank = (cluster.world_size, cluster.rank) if cluster else (1, 0)
     columns, model = plan.columns, fit.model
-    errors = {"train": metrics.SplitErrors(len(columns.targets)), "holdout": metrics.SplitErrors(len(columns.targets))}
-    schema = predictions_schema(plan.key_fields, columns.targets)
-    path = plan.staging.file("predictions")
+    weight = plan.config.weight_column
+    # R^2 on the training split follows the fit's convention: uncentred through the origin (as R's lm).
+    errors = {"train": metrics.SplitErrors(len(columns.targets), centred=plan.config.fit_intercept),
+              "holdout": metrics.SplitErrors(len(columns.targets))}
+    schema = predictions_schema(plan.key_fields, columns.targets, weight_column=weight)
+    path = plan.staging.file("predictions", part=rank)
+    if world > 1 and not plan.staging.is_local:  # uploaded below: staging's local directory is rank 0's
+        path = os.path.join(plan.work_dir, outputs.part_file(rank))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     progress = Progress("evaluation pass", joined.joined_rows, log)
     with outputs.open_writer(path, schema, plan.metadata()) as writer:
-        for batch in read_batches(joined.path, columns.keys + columns.features + columns.targets,
-                                  batch_rows=outputs.PREDICTION_ROW_GROUP):
+        for batch in read_batches(joined.path, columns.keys + columns.features + columns.targets
+                                  + ([weight] if weight else []), batch_rows=outputs.PREDICTION_ROW_GROUP):
             progress.advance(batch.num_rows)
             holdout = split.holdout_mask(batch)
             Y = matrix(batch, columns.targets, np.float64)
             pred = model.predict(matrix(batch, columns.features))
+            w = matrix(batch, [weight], np.float64)[:, 0] if weight else None
             for name, mask in (("train", ~holdout), ("holdout", holdout)):
-                errors[name].update(Y[mask], pred[mask])
+                errors[name].update(Y[mask], pred[mask], None if w is None else w[mask])
             out = {k: batch.column(k) for k in columns.keys}
             out["split"] = pa.array(np.where(holdout, "holdout", "train"))
             for j, target in enumerate(columns.targets):
                 out[target] = pa.array(Y[:, j])
                 out[pred_column(target)] = pa.array(pred[:, j])
+            if weight:
+                out[weight] = pa.array(w)
             writer.write_table(pa.table(out, schema=schema.remove_metadata()).cast(schema.remove_metadata()),
                                row_group_size=outputs.PREDICTION_ROW_GROUP)
-    rows = metrics.metric_rows(errors, columns.targets, optimum_rss=fit.exact.rss)
-    con = connect(plan.work_dir, default_memory_limit())
+    if world > 1:
+        errors = ranks.merge_split_errors(cluster, errors)
+        if not plan.staging.is_local:
+            plan.staging.upload("predictions", path, rank)
+    rows = metrics.metric_rows(errors, columns.targets, optimum_rss=fit.exact.rss, stats=fit.stats)
+    con = connect(plan.work_dir, plan.config.memory_budget_bytes() // 2)
     try:
-        rows += metrics.region_mse_rows(con, path, columns.region, columns.targets)
+        region_rows = metrics.region_mse_rows(con, path, columns.region, columns.targets, weight_column=weight)
         regions = dict(con.execute(f"SELECT split, count(DISTINCT {quote(columns.region)}) FROM "
                                    f"read_parquet('{path}') GROUP BY split").fetchall())
     finally:
         con.close()
+    if world > 1:  # a region's rows are all on one rank: its metrics are complete there
+        region_rows = sorted((r for part in cluster.all_gather_object(region_rows) for r in part),
+                             key=lambda r: (r["split"], r["region"]))
+        regions = ranks.total(cluster, regions)
+    rows += region_rows
+    if rank != 0:
+        return Evaluation(metrics=rows, rows={s: e.n for s, e in errors.items()}, regions=regions)
     outputs.write_table(plan.staging.file("metrics"), pa.Table.from_pylist(rows, schema=metrics_schema()),
                         plan.metadata())
-    outputs.write_table(plan.staging.file("weights"), model.weights_table(), plan.metadata())
+    outputs.write_table(plan.staging.file("weights"), model.weights_table(fit.stats), plan.metadata())
     return Evaluation(metrics=rows, rows={s: e.n for s, e in errors.items()}, regions=regions)
 
 

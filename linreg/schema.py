@@ -106,8 +106,21 @@ def _check_key_types(weather: Table, yields: Table, key: str) -> None:
                          f"{yields.describe()}. Key columns must have the same type in both tables.")
 
 
+STAT_COLUMNS = ("std_error", "t_value", "p_value", "ci_low", "ci_high")
+
+
 def weights_schema() -> pa.Schema:
-    return pa.schema([("target", pa.string()), ("term", pa.string()), ("weight", pa.float64())])
+    return pa.schema([("target", pa.string()), ("term", pa.string()), ("weight", pa.float64())]
+                     + [(name, pa.float64()) for name in STAT_COLUMNS])
+
+
+def check_weight_column(yields: Table, column: str, columns: Columns) -> None:
+    """--weight-column: present in every file of the yields table, numeric, and not an output column name."""
+    if column in RESERVED_WORDS or column in columns.predictions:
+        raise InputError(f"The weight column {column!r} would collide with the output columns or words "
+                         f"({', '.join(RESERVED_WORDS)}, '<target>_pred'). Rename the column in the input.")
+    _check_present(yields, [column])
+    _check_numeric(yields, column)
 
 
 def metrics_schema() -> pa.Schema:
@@ -115,8 +128,10 @@ def metrics_schema() -> pa.Schema:
                       ("metric", pa.string()), ("value", pa.float64())])
 
 
-def predictions_schema(key_fields: list[pa.Field], targets: list[str]) -> pa.Schema:
+def predictions_schema(key_fields: list[pa.Field], targets: list[str], weight_column: str | None = None) -> pa.Schema:
     fields = list(key_fields) + [pa.field("split", pa.string())]
     for target in targets:
         fields += [pa.field(target, pa.float64()), pa.field(pred_column(target), pa.float64())]
+    if weight_column:
+        fields.append(pa.field(weight_column, pa.float64()))  # the sample weight of the row
     return pa.schema(fields)

@@ -1,6 +1,6 @@
 """Streaming column statistics in float64 and the standardization of gradient trainers.
 
-`Moments` keeps count, mean and the centred cross-product matrix of d columns, updated batch by batch with
+`Moments` keeps count, weight sum, (weighted) mean and the centred cross-product matrix of d columns, updated batch by batch with
 Chan's parallel formula (exact enough to merge across batches and processes). `Standardizer` maps
 features and targets to unit scale for training and maps fitted weights back to original units.
 """
@@ -13,43 +13,60 @@ import numpy as np
 
 
 class Moments:
-    """Count, mean (d,) and centred cross products (d, d) of streamed rows, in float64."""
+    """Row count, weight sum, (weighted) mean (d,) and centred cross products (d, d) of streamed rows, in float64.
+
+    Without weights every row weighs 1 (weight == n). With weights (precision weights, >= 0) the mean and
+    cross products are weighted: comoment = sum w (x - mean)(x - mean)^T.
+    """
 
     def __init__(self, d: int):
         self.n = 0
+        self.weight = 0.0
         self.mean = np.zeros(d)
         self.comoment = np.zeros((d, d))
 
-    def update(self, rows: np.ndarray) -> None:
-        """Add rows (m, d) of any float dtype."""
+    def update(self, rows: np.ndarray, weights: np.ndarray | None = None) -> None:
+        """Add rows (m, d) of any float dtype, with optional weights (m,)."""
         if len(rows) == 0:
             return
         rows = np.asarray(rows, dtype=np.float64)
         other = Moments(rows.shape[1])
         other.n = len(rows)
-        other.mean = rows.mean(axis=0)
-        centred = rows - other.mean
-        other.comoment = centred.T @ centred
+        if weights is None:
+            other.weight = float(len(rows))
+            other.mean = rows.mean(axis=0)
+            centred = rows - other.mean
+            other.comoment = centred.T @ centred
+        else:
+            weights = np.asarray(weights, dtype=np.float64)
+            other.weight = float(weights.sum())
+            if other.weight > 0:
+                other.mean = weights @ rows / other.weight
+                centred = rows - other.mean
+                other.comoment = (centred * weights[:, None]).T @ centred
         self.merge(other)
 
     def merge(self, other: "Moments") -> None:
         if other.n == 0:
             return
-        n = self.n + other.n
+        self.n += other.n
+        if other.weight == 0:
+            return
+        weight = self.weight + other.weight
         delta = other.mean - self.mean
-        self.comoment = self.comoment + other.comoment + np.outer(delta, delta) * (self.n * other.n / n)
-        self.mean = self.mean + delta * (other.n / n)
-        self.n = n
+        self.comoment = self.comoment + other.comoment + np.outer(delta, delta) * (self.weight * other.weight / weight)
+        self.mean = self.mean + delta * (other.weight / weight)
+        self.weight = weight
 
     @property
     def std(self) -> np.ndarray:
-        """(d,) population standard deviation."""
-        return np.sqrt(np.maximum(np.diag(self.comoment) / max(self.n, 1), 0.0))
+        """(d,) population (weighted) standard deviation."""
+        return np.sqrt(np.maximum(np.diag(self.comoment) / (self.weight or 1.0), 0.0))
 
     @property
     def second_moment(self) -> np.ndarray:
         """(d, d) mean of x x^T (uncentred)."""
-        return self.comoment / max(self.n, 1) + np.outer(self.mean, self.mean)
+        return self.comoment / (self.weight or 1.0) + np.outer(self.mean, self.mean)
 
 
 @dataclass(frozen=True)

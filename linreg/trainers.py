@@ -11,6 +11,12 @@ epochs without progress the learning rate is divided by 5, and training stops af
 The default learning rate is 1/L, L the smoothness constant of the mini-batch loss (from the largest
 eigenvalue of the design's second moments and the largest row norm, as scikit-learn's SAG picks its step).
 Weights are returned in the trainer's (standardized) space; `Standardizer` maps them back.
+
+Optional per-row `sample_weight` (n,) makes every loss a weighted mean: sum w_i ||r_i||^2 / (sum w_i * k)
+over all rows; a mini-batch divides by its row count times the mean weight (not by its own weight sum),
+so mini-batch gradients stay unbiased. Optional `penalty` (p,) adds the ridge term
+sum_jl penalty_l * coef_jl^2 / k (per target: the objective of `fit`'s --l2 in the trainer's space).
+Without them the losses are exactly the unweighted ones of the seed notebooks.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from linreg import ranks
 from linreg.dist import Cluster
 from linreg.errors import InputError
 
@@ -75,15 +82,17 @@ class Schedule:
         return None
 
 
-def auto_lr(second_moment: np.ndarray, max_row_sq: float, *, n_rows: int, batch: int, n_targets: int) -> float:
+def auto_lr(second_moment: np.ndarray, max_row_sq: float, *, n_rows: int, batch: int, n_targets: int,
+            max_penalty: float = 0.0) -> float:
     """1/L for the mean squared error over rows and targets of a (p',)-parameter linear model per target.
 
     second_moment (p', p'): mean of x x^T of the design (with its ones column when fitting an intercept).
     max_row_sq: the largest ||x||^2 of a row. L interpolates between the full-batch constant and the
     single-row one by the batch size (Gower et al., 2019, "SGD: general analysis and improved rates").
+    max_penalty: the largest ridge factor (see the module docstring), which adds 2 * max_penalty / k to L.
     """
-    full = 2.0 * float(np.linalg.eigvalsh(second_moment)[-1]) / n_targets
-    single = 2.0 * max_row_sq / n_targets
+    full = 2.0 * (float(np.linalg.eigvalsh(second_moment)[-1]) + max_penalty) / n_targets
+    single = 2.0 * (max_row_sq + max_penalty) / n_targets
     b = min(batch, n_rows)
     if n_rows <= 1 or b >= n_rows:
         smooth = full
@@ -93,27 +102,49 @@ def auto_lr(second_moment: np.ndarray, max_row_sq: float, *, n_rows: int, batch:
 
 
 def full_loss(X: torch.Tensor, Y: torch.Tensor, coef: torch.Tensor, intercept: torch.Tensor,
-              cluster: Cluster, total_elems: int, chunk: int = 1 << 20) -> float:
-    """Mean squared error over all rows and targets (all ranks), summed in float64 chunk by chunk."""
+              cluster: Cluster, total_elems: float, chunk: int = 1 << 20, *,
+              sample_weight: torch.Tensor | None = None, penalty: torch.Tensor | None = None) -> float:
+    """(Weighted) mean squared error over all rows and targets (all ranks), summed in float64 chunk by chunk,
+    plus the ridge term. total_elems: rows times targets, or the weight sum times targets with weights."""
     with torch.no_grad():
         total = torch.zeros((), dtype=torch.float64, device=X.device)
         for i in range(0, len(X), chunk):
             diff = X[i:i + chunk] @ coef.T + intercept - Y[i:i + chunk]
-            total += (diff * diff).sum(dtype=torch.float64)
-        return float(cluster.all_reduce_sum(total)) / total_elems
+            sq = diff * diff
+            if sample_weight is not None:
+                sq = sq * sample_weight[i:i + chunk, None]
+            total += sq.sum(dtype=torch.float64)
+        loss = float(cluster.all_reduce_sum(total)) / total_elems
+        if penalty is not None:
+            loss += float((penalty.double() * coef.double() ** 2).sum()) / coef.shape[0]
+        return loss
 
 
 def _global_rows(n_local: int, cluster: Cluster, device) -> int:
     return int(cluster.all_reduce_sum(torch.tensor(float(n_local), dtype=torch.float64, device=device)))
 
 
+def _mean_weight(sample_weight: torch.Tensor | None, n_total: int, cluster: Cluster, device) -> float:
+    """The mean weight over all ranks' rows (1 without weights)."""
+    if sample_weight is None:
+        return 1.0
+    total = cluster.all_reduce_sum(sample_weight.sum(dtype=torch.float64).to(device))
+    return float(total) / max(n_total, 1)
+
+
 def train_manual(X: torch.Tensor, Y: torch.Tensor, *, lr: float, epochs: int, batch_size: int | None,
-                 fit_intercept: bool, tol: float, patience: int, seed: int, cluster: Cluster) -> TrainResult:
-    """The seed's from-scratch trainer: X (n, p), Y (n, k) float32 on cluster.device."""
+                 fit_intercept: bool, tol: float, patience: int, seed: int, cluster: Cluster,
+                 sample_weight: torch.Tensor | None = None, penalty: torch.Tensor | None = None,
+                 checkpoint=None) -> TrainResult:
+    """The seed's from-scratch trainer: X (n, p), Y (n, k) float32 on cluster.device; optional
+    sample_weight (n,) and ridge penalty (p,) (see the module docstring). With several ranks, X and Y are
+    this rank's rows: gradients are all-reduced (summed; each rank's loss is divided by the global step
+    rows) before the update. checkpoint: `linreg.snapshot.Snapshots` (save every N epochs, resume)."""
     start = time.perf_counter()
     n, p = X.shape
     k = Y.shape[1]
     n_total = _global_rows(n, cluster, X.device)
+    mean_weight = _mean_weight(sample_weight, n_total, cluster, X.device)
     gen = torch.Generator().manual_seed(seed)
     w = torch.randn(k, p, generator=gen).to(X.device).requires_grad_(True)
     b = (torch.randn(k, generator=gen) if fit_intercept else torch.zeros(k)).to(X.device).requires_grad_(fit_intercept)
@@ -122,20 +153,31 @@ def train_manual(X: torch.Tensor, Y: torch.Tensor, *, lr: float, epochs: int, ba
     def model(x):
         return x @ w.t() + b
 
-    def mse(preds, targets, rows_total):
+    def mse(preds, targets, rows_total, weights=None):
         diff = preds - targets
-        return torch.sum(diff * diff) / (rows_total * diff.shape[1])
+        if weights is None:
+            return torch.sum(diff * diff) / (rows_total * diff.shape[1])
+        return torch.sum(weights[:, None] * diff * diff) / (rows_total * mean_weight * diff.shape[1])
 
-    batch = batch_size or n
+    batch = batch_size or n_total
+    steps = ranks.step_slices(n, batch, n_total, cluster)  # equal step counts on every rank
     schedule = Schedule(lr, tol=tol, patience=patience)
     result = TrainResult(coef=np.zeros((k, p)), intercept=np.zeros(k))
-    for epoch in range(epochs):
-        order = torch.randperm(n, generator=gen).to(X.device) if batch < n else None
+    first = 0 if checkpoint is None else checkpoint.restore(tensors={"w": w, "b": b}, schedule=schedule,
+                                                              losses=result.losses, generator=gen)
+    for epoch in range(first, epochs):
+        if cluster.distributed:
+            order = torch.randperm(n, generator=ranks.epoch_generator(seed, epoch, cluster.rank)).to(X.device) \
+                if batch < n_total else None
+        else:
+            order = torch.randperm(n, generator=gen).to(X.device) if batch < n else None
         Xe, Ye = (X, Y) if order is None else (X[order], Y[order])
-        for i in range(0, n, batch):
-            xb, yb = Xe[i:i + batch], Ye[i:i + batch]
-            rows = _global_rows(len(xb), cluster, X.device) if batch < n else n_total
-            loss = mse(model(xb), yb, rows)
+        We = sample_weight if order is None or sample_weight is None else sample_weight[order]
+        for lo, hi, rows in steps:
+            xb, yb = Xe[lo:hi], Ye[lo:hi]
+            loss = mse(model(xb), yb, rows, None if We is None else We[lo:hi])
+            if penalty is not None:  # once in the all-reduced sum of the ranks' gradients
+                loss = loss + torch.sum(penalty * w * w) / (k * cluster.world_size)
             loss.backward()
             for param in params:
                 cluster.all_reduce_sum(param.grad)
@@ -143,45 +185,79 @@ def train_manual(X: torch.Tensor, Y: torch.Tensor, *, lr: float, epochs: int, ba
                 for param in params:
                     param -= param.grad * schedule.lr
                     param.grad.zero_()
-        epoch_loss = full_loss(X, Y, w.detach(), b.detach(), cluster, n_total * k)
+        epoch_loss = full_loss(X, Y, w.detach(), b.detach(), cluster, n_total * mean_weight * k,
+                               sample_weight=sample_weight, penalty=penalty)
         result.losses.append(epoch_loss)
-        result.stop_reason = schedule.step(epoch_loss) or ""
+        result.stop_reason = schedule.step(epoch_loss) or ""  # the all-reduced loss: every rank stops alike
         if result.stop_reason:
             break
+        if checkpoint is not None:
+            checkpoint.maybe_save(epoch + 1, tensors={"w": w, "b": b}, schedule=schedule, losses=result.losses,
+                                  generator=gen)
     return _finish(result, w, b, schedule, start)
 
 
 def train_nn(X: torch.Tensor, Y: torch.Tensor, *, lr: float, epochs: int, batch_size: int | None,
-             fit_intercept: bool, tol: float, patience: int, seed: int, cluster: Cluster) -> TrainResult:
-    """nn.Linear + F.mse_loss + optim.SGD over shuffled mini-batches: X (n, p), Y (n, k) float32."""
+             fit_intercept: bool, tol: float, patience: int, seed: int, cluster: Cluster,
+             sample_weight: torch.Tensor | None = None, penalty: torch.Tensor | None = None,
+             checkpoint=None) -> TrainResult:
+    """nn.Linear + F.mse_loss + optim.SGD over shuffled mini-batches: X (n, p), Y (n, k) float32; optional
+    sample_weight (n,) and ridge penalty (p,) (see the module docstring). With several ranks the model is
+    wrapped in DistributedDataParallel, X and Y are this rank's rows, `batch_size` is the global batch and
+    each rank reshuffles its rows every epoch from (seed, epoch, rank). checkpoint: as in train_manual."""
     start = time.perf_counter()
     n, p = X.shape
     k = Y.shape[1]
     n_total = _global_rows(n, cluster, X.device)
+    mean_weight = _mean_weight(sample_weight, n_total, cluster, X.device)
     torch.manual_seed(seed)
     model = nn.Linear(p, k, bias=fit_intercept).to(X.device)
     opt = torch.optim.SGD(model.parameters(), lr=lr)
-    packed = torch.cat([X, Y], dim=1)
-    batch = min(batch_size or NN_DEFAULT_BATCH, n)
+    packed = torch.cat([X, Y] if sample_weight is None else [X, Y, sample_weight[:, None]], dim=1)
+    batch = max(1, min(batch_size or NN_DEFAULT_BATCH, n_total))
+    steps = ranks.step_slices(n, batch, n_total, cluster)  # equal step counts on every rank
     gen = torch.Generator().manual_seed(seed)
     schedule = Schedule(lr, tol=tol, patience=patience)
     result = TrainResult(coef=np.zeros((k, p)), intercept=np.zeros(k))
-    for epoch in range(epochs):
-        shuffled = packed.index_select(0, torch.randperm(n, generator=gen).to(X.device))
-        for i in range(0, n, batch):
-            xb, yb = shuffled[i:i + batch, :p], shuffled[i:i + batch, p:]
-            loss = F.mse_loss(model(xb), yb)
+    tensors = {"weight": model.weight, **({"bias": model.bias} if fit_intercept else {})}
+    first = 0 if checkpoint is None else checkpoint.restore(tensors=tensors, optimizer=opt, schedule=schedule,
+                                                              losses=result.losses, generator=gen)
+    forward = model
+    if cluster.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        forward = DistributedDataParallel(model, device_ids=[X.device.index] if X.device.type == "cuda" else None)
+    for epoch in range(first, epochs):
+        epoch_gen = ranks.epoch_generator(seed, epoch, cluster.rank) if cluster.distributed else gen
+        shuffled = packed.index_select(0, torch.randperm(n, generator=epoch_gen).to(X.device))
+        for lo, hi, rows in steps:
+            xb, yb = shuffled[lo:hi, :p], shuffled[lo:hi, p:p + k]
+            # DDP averages gradients over ranks; times world_size / global step rows gives the global mean.
+            if sample_weight is None and not cluster.distributed:
+                loss = F.mse_loss(forward(xb), yb)
+            elif sample_weight is None:
+                loss = F.mse_loss(forward(xb), yb, reduction="sum") * (cluster.world_size / (rows * k))
+            else:
+                wb = shuffled[lo:hi, p + k]
+                loss = ((wb[:, None] * (forward(xb) - yb) ** 2).sum() / (rows * mean_weight * k)
+                        * cluster.world_size)
+            if penalty is not None:
+                loss = loss + (penalty * model.weight ** 2).sum() / k
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
         bias = model.bias.detach() if fit_intercept else torch.zeros(k, device=X.device)
-        epoch_loss = full_loss(X, Y, model.weight.detach(), bias, cluster, n_total * k)
+        epoch_loss = full_loss(X, Y, model.weight.detach(), bias, cluster, n_total * mean_weight * k,
+                               sample_weight=sample_weight, penalty=penalty)
         result.losses.append(epoch_loss)
-        result.stop_reason = schedule.step(epoch_loss) or ""
+        result.stop_reason = schedule.step(epoch_loss) or ""  # the all-reduced loss: every rank stops alike
         if result.stop_reason:
             break
         for group in opt.param_groups:
             group["lr"] = schedule.lr
+        if checkpoint is not None:
+            checkpoint.maybe_save(epoch + 1, tensors=tensors, optimizer=opt, schedule=schedule,
+                                  losses=result.losses, generator=gen)
     bias = model.bias if fit_intercept else torch.zeros(k)
     return _finish(result, model.weight, bias, schedule, start)
 

@@ -39,8 +39,8 @@ def test_flow_runs_every_step_under_prefect(prefect_server, tmp_path):
         flow_run = client.read_flow_run(state.state_details.flow_run_id)
         tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])))
     assert flow_run.name == "train-nn-flow-1"
-    assert {t.name.rsplit("-", 1)[0] for t in tasks} == {"plan", "validate-and-join", "split", "train", "evaluate",
-                                                         "commit"}
+    assert {t.name for t in tasks} == {f"{step}-flow-1" for step in ("plan", "validate-and-join", "split", "train",
+                                                                     "evaluate", "commit", "report", "artifacts")}
     assert all(t.state.is_completed() for t in tasks)
 
 

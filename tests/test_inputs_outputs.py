@@ -73,7 +73,9 @@ def test_outputs_read_by_duckdb_with_documented_columns_and_types(tmp_path):
         return dict(zip(rel.columns, [str(t) for t in rel.types])), count
 
     types, count = describe("weights")
-    assert types == {"target": "VARCHAR", "term": "VARCHAR", "weight": "DOUBLE", "run_id": "VARCHAR"}
+    assert types == {"target": "VARCHAR", "term": "VARCHAR", "weight": "DOUBLE", "std_error": "DOUBLE",
+                     "t_value": "DOUBLE", "p_value": "DOUBLE", "ci_low": "DOUBLE", "ci_high": "DOUBLE",
+                     "run_id": "VARCHAR"}
     assert count == 2 * 2 * 4  # runs x targets x (3 features + intercept)
     types, _ = describe("metrics")
     assert types == {"split": "VARCHAR", "region": "VARCHAR", "target": "VARCHAR", "metric": "VARCHAR",

@@ -143,3 +143,18 @@ def test_divergence_is_a_clear_error():
     with pytest.raises(InputError, match="diverged"):
         fit([(SEED_X, SEED_Y)], trainer="manual", features=FEATURES, targets=TARGETS,
             options=TrainOptions(standardize=False, lr=1.0, epochs=50))
+
+
+@pytest.mark.parametrize("trainer", ["manual", "nn"])
+def test_weighted_mini_batches_reach_the_weighted_optimum(trainer):
+    X, Y = _shape(1000, 4, seed=6, correlated=True)
+    w = np.random.default_rng(6).exponential(size=1000)
+    w[::7] = 0.0
+    result = fit([(X, Y, w)], trainer=trainer, features=list("abcd"), targets=["y1", "y2"],
+                 options=TrainOptions(batch_size=100))
+    optimum = result.exact.rss / w.sum()
+    gap = w @ (Y - result.model.predict(X.astype(np.float64))) ** 2 / w.sum() / optimum
+    assert np.all(gap <= 1.01), gap
+    # The unweighted optimum is a different point, so the weights did matter.
+    unweighted = fit([(X, Y)], trainer="exact", features=list("abcd"), targets=["y1", "y2"])
+    assert np.linalg.norm(unweighted.model.coef_ - result.exact.coef) > 1e-3 * np.linalg.norm(result.exact.coef)

@@ -1,0 +1,60 @@
+"""Retention: remove old training runs from an output root (runs index entry first, then the data).
+
+    python -m flows.prune --output output --keep-last 30 --dry-run      # list what would go
+    python -m flows.prune --output output --older-than 90
+
+Runs in progress (with a staging area) are never touched. The command works on the files directly; the
+Prefect flow `prune` (same options) is what the nightly `prune` deployment runs.
+Exit codes: 0 success, 2 bad input, 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+
+from prefect import flow
+
+from linreg import prune as retention
+from linreg.errors import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, InputError
+from tasks.prune_steps import prune_runs
+
+
+@flow(name="prune", flow_run_name="prune-{output}", validate_parameters=True)
+def prune(output: str = "output", keep_last: int | None = None, older_than_days: float | None = None,
+          dry_run: bool = False) -> retention.PrunePlan:
+    """Remove old runs of `output`: all but the `keep_last` newest, or those older than `older_than_days`."""
+    return prune_runs(output, keep_last, older_than_days, dry_run)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m flows.prune", description=__doc__.split("\n\n")[0],
+                                     epilog=f"Exit codes: 0 success; {EXIT_BAD_INPUT} bad input; {EXIT_FAILURE} "
+                                            "any other failure.")
+    parser.add_argument("--output", default="output", help="Output root holding the runs (default: output).")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--keep-last", type=int, metavar="N", help="Keep the N most recently finished runs.")
+    which.add_argument("--older-than", type=float, metavar="DAYS", dest="older_than_days",
+                       help="Remove runs that finished more than DAYS days ago.")
+    parser.add_argument("--dry-run", action="store_true", help="List what would be removed; remove nothing.")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        plan = retention.prune(args.output, keep_last=args.keep_last, older_than_days=args.older_than_days,
+                               dry_run=args.dry_run)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except Exception:
+        print("unexpected failure (not an input problem):\n" + traceback.format_exc(), file=sys.stderr)
+        return EXIT_FAILURE
+    print(plan.text(dry_run=args.dry_run))
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
