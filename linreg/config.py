@@ -122,7 +122,7 @@ class TrainConfig(BaseModel):
 
     # Resources
     memory_budget: str = Field("25%", description="Memory the run may use: bytes with a unit (512MB, 4GB) or a "
-                               "share of this machine's RAM (25%). Half goes to DuckDB's join (it spills to "
+                               "share of this machine's RAM (25%). Half goes to DuckDB's join (at least 128MB; it spills to "
                                "disk beyond it); gradient trainers keep the training rows in memory while they "
                                "fit in the other half, and stream them from disk otherwise.")
 
@@ -186,8 +186,8 @@ def parse_bytes(text: str) -> int:
     if not match or match.group(2) not in _UNITS:
         raise ValueError(f"{text!r} is not a size: use e.g. 512MB, 4GB or 25%")
     value = int(float(match.group(1)) * _UNITS[match.group(2)])
-    if value < 64 * 2**20:
-        raise ValueError(f"{text} is below the minimum of 64MB")
+    if value < 2**20:
+        raise ValueError(f"{text} is below the minimum of 1MB")
     return value
 
 

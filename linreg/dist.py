@@ -97,8 +97,25 @@ def setup(device: str = "auto", timeout_seconds: float = 600.0) -> Cluster:
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
         tdist.init_process_group(backend=backend_for(dev), timeout=timedelta(seconds=timeout_seconds),
-                                 **({"device_id": dev} if dev.type == "cuda" else {}))
+                                 **({"device_id": dev} if dev.type == "cuda" else {}),
+                                 **_attempt_store(rank, world_size, timeout_seconds))
     return Cluster(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
+
+
+def _attempt_store(rank: int, world_size: int, timeout_seconds: float) -> dict:
+    """Under torchrun, the process group's store with a prefix naming the attempt (restart count).
+
+    torchrun's agent shares one TCPStore across restarts, and a restarted process group would read the
+    previous attempt's gloo addresses from it (connecting to dead ranks until it times out); keys under a
+    prefix per attempt keep the attempts apart. Outside torchrun: {} (init from the environment)."""
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if restart is None or "MASTER_ADDR" not in os.environ:
+        return {}
+    agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"  # the agent hosts the server
+    base = tdist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size,
+                          is_master=not agent_store and rank == 0, timeout=timedelta(seconds=timeout_seconds),
+                          **({} if agent_store else {"multi_tenant": True}))
+    return {"store": tdist.PrefixStore(f"linreg/attempt-{restart}", base), "rank": rank, "world_size": world_size}
 
 
 def backend_for(device: torch.device) -> str:

@@ -5,12 +5,20 @@ import errno
 EXIT_OK = 0
 EXIT_FAILURE = 1     # anything unexpected: a bug, a disk or network failure
 EXIT_BAD_INPUT = 2   # bad data, bad configuration or bad command line: fix the input and rerun
+EXIT_CONFLICT = 3    # another run with the same run id committed (or is committing) first
 
 
 class InputError(ValueError):
     """Bad input data or configuration. The message names the file, column and example rows at fault."""
 
     exit_code = EXIT_BAD_INPUT
+
+
+class RunConflictError(InputError):
+    """Two runs with the same run id at the same time: the other one committed (or is committing) first, so
+    this one is not committed. Rerun it (it then replaces the other) or choose another run id."""
+
+    exit_code = EXIT_CONFLICT
 
 
 def format_examples(values, limit: int = 5) -> str:

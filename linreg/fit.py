@@ -69,9 +69,13 @@ class FitResult:
 
 def fit(batches: Iterable[tuple[np.ndarray, ...]], *, trainer: str, features: list[str],
         targets: list[str], options: TrainOptions = TrainOptions(), cluster: dist.Cluster | None = None,
-        checkpoint=None) -> FitResult:
+        checkpoint=None, stream=None, memory_limit: int | None = None) -> FitResult:
     """Fit on batches of X (m, p), Y (m, k) and optionally sample weights w (m,), any float dtype (kept at
     stored precision for `exact`).
+
+    stream, memory_limit (bytes): when the gradient trainers' float32 rows would exceed memory_limit,
+    `stream(shift, scale, n_rows, mean_weight)` -> `linreg.stream.StreamedRows` re-reads the training rows
+    every epoch instead (one process; with several ranks each rank's shard stays in memory).
 
     cluster: with several ranks, each passes its own shard's batches; the exact factor and the moments are
     merged across ranks (`linreg.ranks`), so the solution, standardization and learning rate equal one
@@ -85,6 +89,10 @@ def fit(batches: Iterable[tuple[np.ndarray, ...]], *, trainer: str, features: li
     x_moments, y_moments = Moments(p), Moments(k)
     parts: list[np.ndarray] = []
     weighted = False
+    streaming = False
+    cluster = cluster or dist.single_process(options.device if gradient else "cpu")
+    x_low, x_high = np.full(p, np.inf), np.full(p, -np.inf)  # bound the largest row norm when streaming
+    held = 0
     for X, Y, *rest in batches:
         w = rest[0] if rest else None
         weighted = weighted or w is not None
@@ -92,8 +100,14 @@ def fit(batches: Iterable[tuple[np.ndarray, ...]], *, trainer: str, features: li
         if gradient:
             x_moments.update(X, w)
             y_moments.update(Y, w)
-            parts.append(np.hstack([X, Y] if w is None else [X, Y, np.asarray(w)[:, None]]).astype(np.float32))
-    cluster = cluster or dist.single_process(options.device if gradient else "cpu")
+            if len(X):
+                x_low, x_high = np.minimum(x_low, X.min(axis=0)), np.maximum(x_high, X.max(axis=0))
+            held += X.shape[0] * (p + k + 1) * 4
+            if not streaming and stream is not None and memory_limit is not None and held > memory_limit \
+                    and not cluster.distributed:
+                streaming, parts = True, []
+            if not streaming:
+                parts.append(np.hstack([X, Y] if w is None else [X, Y, np.asarray(w)[:, None]]).astype(np.float32))
     if cluster.distributed:  # every rank ends with the merged (all-rank) factor and moments
         exact = ranks.merge_exact(cluster, exact)
         weighted = any(cluster.all_gather_object(weighted))
@@ -115,14 +129,21 @@ def fit(batches: Iterable[tuple[np.ndarray, ...]], *, trainer: str, features: li
         return result(LinearModel(solution.coef, solution.intercept, tuple(features), tuple(targets)))
 
     scaler = Standardizer.fit(x_moments, y_moments, fit_intercept=options.fit_intercept, enabled=options.standardize)
-    data = stack_float32(parts, p + k + weighted, torch.device("cpu"))
-    del parts
-    shift = torch.from_numpy(np.concatenate([scaler.x_mean, scaler.y_mean]).astype(np.float32))
-    scale = torch.from_numpy(np.concatenate([scaler.x_scale, scaler.y_scale]).astype(np.float32))
-    data[:, :p + k].sub_(shift).div_(scale)
-    data = data.to(cluster.device)
-    X, Y = data[:, :p], data[:, p:p + k]
-    sample_weight = data[:, p + k] if weighted else None
+    shift_np = np.concatenate([scaler.x_mean, scaler.y_mean])
+    scale_np = np.concatenate([scaler.x_scale, scaler.y_scale])
+    streamed = None
+    if streaming:
+        mean_weight = x_moments.weight / max(x_moments.n, 1) if weighted else 1.0
+        streamed = stream(shift_np, scale_np, x_moments.n, mean_weight)
+        X = Y = sample_weight = None
+    else:
+        data = stack_float32(parts, p + k + weighted, torch.device("cpu"))
+        del parts
+        data[:, :p + k].sub_(torch.from_numpy(shift_np.astype(np.float32))).div_(
+            torch.from_numpy(scale_np.astype(np.float32)))
+        data = data.to(cluster.device)
+        X, Y = data[:, :p], data[:, p:p + k]
+        sample_weight = data[:, p + k] if weighted else None
     penalty = None
     if options.l2 > 0:
         # Ridge on the standardized features (sd, or root mean square through the origin), whatever the
@@ -132,16 +153,20 @@ def fit(batches: Iterable[tuple[np.ndarray, ...]], *, trainer: str, features: li
     batch_size = options.batch_size or (None if trainer == "manual" else NN_DEFAULT_BATCH)
     lr = options.lr
     if lr is None:
-        local_max = float((X * X).sum(dim=1).max()) if len(X) else -np.inf
+        if streamed is not None:  # a bound from each column's range: never larger than the true maximum
+            far = np.maximum((x_low - scaler.x_mean) ** 2, (x_high - scaler.x_mean) ** 2) / scaler.x_scale ** 2
+            local_max, n_local = float(far.sum()), streamed.n_rows
+        else:
+            local_max, n_local = (float((X * X).sum(dim=1).max()) if len(X) else -np.inf), len(X)
         max_row_sq = cluster.all_reduce_max(local_max) + (1.0 if options.fit_intercept else 0.0)
-        n_rows = ranks.total(cluster, len(X))  # all ranks' rows: the same lr as one process
+        n_rows = ranks.total(cluster, n_local)  # all ranks' rows: the same lr as one process
         lr = auto_lr(scaler.second_moment(x_moments, options.fit_intercept), max_row_sq, n_rows=n_rows,
                      batch=batch_size or n_rows, n_targets=k,
                      max_penalty=0.0 if penalty is None else float(penalty.max()))
     trained = TRAINERS[trainer](X, Y, lr=lr, epochs=options.epochs, batch_size=batch_size,
                                 fit_intercept=options.fit_intercept, tol=options.tol, patience=options.patience,
                                 seed=options.seed, cluster=cluster, sample_weight=sample_weight, penalty=penalty,
-                                checkpoint=checkpoint)
+                                checkpoint=checkpoint, stream=streamed)
     coef, intercept = scaler.to_original(trained.coef, trained.intercept)
     return result(LinearModel(coef, intercept, tuple(features), tuple(targets)), losses=trained.losses,
                   epochs=trained.epochs, lr=lr, stop_reason=trained.stop_reason)

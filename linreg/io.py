@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
-from linreg.errors import InputError
+from linreg.errors import InputError, is_transient
 
 BATCH_ROWS = 256 * 1024  # rows per record batch handed to numpy/torch: large enough to amortize, small enough to bound memory
 
@@ -45,7 +45,12 @@ class Table:
 
 
 def open_table(path: str, role: str) -> Table:
-    """Open `path` as a Parquet dataset, with a clear error when it is missing, empty or not Parquet."""
+    """Open `path` as a Parquet dataset, with a clear error when it is missing, empty or not Parquet.
+
+    Every file's footer is read once here (a few KB each), so a truncated, empty or non-Parquet file is an
+    InputError naming it before any scan. Files and directories starting with `_` or `.` (`_SUCCESS`,
+    `.part-0.parquet.crc`, `_metadata`) are skipped, as Spark and Hadoop write them beside the data.
+    """
     try:
         filesystem, root = pafs.FileSystem.from_uri(path)
     except (pa.ArrowInvalid, ValueError):
@@ -58,12 +63,79 @@ def open_table(path: str, role: str) -> Table:
         raise InputError(f"The {role} table {path!r} does not exist.")
     try:
         dataset = ds.dataset(root, format="parquet", filesystem=filesystem, partitioning="hive")
+    except pa.ArrowTypeError as exc:  # a hive directory level and a file column of the same name, typed differently
+        raise InputError(f"The {role} table {path!r} cannot be read as one table: {_first_line(exc)}. "
+                         f"{_partition_clash_hint(filesystem, root)}") from None
     except (pa.ArrowInvalid, OSError) as exc:
+        if not is_input_fault(exc):
+            raise
         raise InputError(f"The {role} table {path!r} is not a readable Parquet dataset: {_first_line(exc)}") from None
     files = sorted(dataset.files)
     if not files:
         raise InputError(f"The {role} table {path!r} holds no Parquet files.")
-    return Table(role=role, path=path, dataset=dataset, filesystem=filesystem, files=files)
+    table = Table(role=role, path=path, dataset=dataset, filesystem=filesystem, files=files)
+    check_footers(table)
+    return table
+
+
+def check_footers(table: Table) -> None:
+    """Read every file's footer: InputError naming the first file that is not Parquet (truncated, empty,
+    another format), or that holds a column also given by its hive partition directory (`year=2020/` and a
+    `year` column: which one is meant is ambiguous, and Spark rejects it too)."""
+    for fragment in table.fragments():
+        try:
+            physical = fragment.physical_schema
+        except (pa.ArrowException, OSError) as exc:
+            if not is_input_fault(exc):
+                raise
+            raise InputError(f"The {table.describe()}: file {fragment.path!r} is not a readable Parquet file "
+                             f"({_first_line(exc)}). Remove it, or write it again; files named _* or .* "
+                             "are skipped.") from None
+        both = [n for n in ds.get_partition_keys(fragment.partition_expression) if n in physical.names]
+        if both:
+            raise InputError(f"The {table.describe()}: file {fragment.path!r} has a column {both[0]!r} and also lies "
+                             f"in a hive partition directory {both[0]}=...; the column must come from one of them. "
+                             "Remove the column from the files or the directory level from the paths.")
+
+
+def is_input_fault(exc: BaseException) -> bool:
+    """True when a pyarrow error opening or reading an input is the input's fault (damaged bytes, a missing
+    permission): an InputError. False for transient I/O failures, which are re-raised so they are retried."""
+    return is_data_error(exc) or not is_transient(exc)
+
+
+def is_data_error(exc: BaseException) -> bool:
+    """True when a pyarrow error is about the bytes of a file (corrupt, truncated, not Parquet), False for
+    I/O failures (a dropped connection, a missing permission) that are not the data's fault."""
+    if isinstance(exc, pa.ArrowException) and not isinstance(exc, OSError):
+        return True  # ArrowInvalid, ArrowTypeError, ArrowNotImplementedError, ArrowCapacityError...
+    text = str(exc)
+    if "AWS Error" in text or "curl" in text.lower():  # a storage request failed: retryable, not the data
+        return False
+    return any(sign in text for sign in DATA_ERROR_SIGNS)
+
+
+# Messages of OSErrors that pyarrow's Parquet reader raises for damaged bytes (not for failed I/O).
+DATA_ERROR_SIGNS = ("magic bytes", "Parquet file size", "thrift", "Thrift", "deserializ", "Corrupt", "corrupt",
+                    "Unexpected end of stream", "page header", "ecompress", "Invalid", "invalid", "out of bounds",
+                    "exceeds", "Couldn't", "Unknown encoding", "Unexpected")
+
+
+def _partition_clash_hint(filesystem: pafs.FileSystem, root: str) -> str:
+    """Name the hive partition levels that are also file columns, for the message above."""
+    try:
+        names = ds.dataset(root, format="parquet", filesystem=filesystem).schema.names
+        levels = set()
+        for f in ds.dataset(root, format="parquet", filesystem=filesystem).files[:1000]:
+            levels |= {part.split("=", 1)[0] for part in f[len(root):].split("/") if "=" in part}
+    except (pa.ArrowException, OSError):
+        return ""
+    both = sorted(levels & set(names))
+    if not both:
+        return ""
+    return (f"Column(s) {', '.join(map(repr, both))} are both hive partition directories (name=value) and columns "
+            "in the files; the column must come from one of them. Remove the column from the files or the "
+            "directory level from the paths.")
 
 
 def fingerprint(tables: list[Table]) -> dict:

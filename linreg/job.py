@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import faulthandler
 import json
 import logging
 import os
@@ -207,6 +208,7 @@ def rank_main(argv: list[str] | None = None, *, plan_file: str | None = None, re
     """A torchrun rank's main: parse the command line (the flows.train options), run, exit code."""
     rank = int(os.environ.get("RANK", "0"))
     configure_logging(rank)
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>` prints a stuck rank's Python stacks
     try:
         if plan_file:
             config = TrainConfig()  # unused: the plan carries the configuration
@@ -241,4 +243,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from linreg import job  # run as linreg.job, not __main__: rank 0's pickled RankResult must unpickle elsewhere
+
+    sys.exit(job.main())

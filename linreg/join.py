@@ -49,14 +49,15 @@ def quote(name: str) -> str:
 
 
 def connect(work_dir: str, memory_limit_bytes: int) -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection that spills to `work_dir` and stays within `memory_limit_bytes`."""
+    """A DuckDB connection that spills to `work_dir` and stays within `memory_limit_bytes` (at least 128MB:
+    below that DuckDB cannot join and sort even when spilling)."""
     spill = os.path.join(work_dir, "duckdb-spill")
     os.makedirs(spill, exist_ok=True)
     return duckdb.connect(config={
-        "memory_limit": f"{max(memory_limit_bytes // 2**20, 64)}MB",
+        "memory_limit": f"{max(memory_limit_bytes // 2**20, 128)}MB",
         "temp_directory": spill,
         "threads": max(os.cpu_count() or 1, 1),
-        "preserve_insertion_order": True,
+        "preserve_insertion_order": False,  # the join orders its output explicitly; this lets DuckDB spill more
     })
 
 

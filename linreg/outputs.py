@@ -18,11 +18,18 @@ Protocol (the same in spirit on both kinds of storage):
 `recover()`, which every run calls before anything else, rolls forward any staging area with a journal
 (a commit interrupted between datasets) and removes staging areas without one whose lease is stale
 (runs killed before they committed). A run is committed when its runs-index entry exists.
+
+Steps 2-4, and recover's roll-forward and sweep, hold the run id's commit lock (`linreg.locks`), so one
+process at a time moves a run id's partitions. Two runs with the same id at the same time: the commit
+checks, under the lock, that the run id's runs-index entry is still the one the run saw when it started
+(`Staging.base`); if another run committed the id meanwhile, or holds its lock, it raises
+RunConflictError and publishes nothing. A later run (started after the other committed) replaces it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import logging
 import os
@@ -34,6 +41,9 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+
+from linreg import locks
+from linreg.errors import RunConflictError
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +82,7 @@ class Staging:
     root: str = ""
     is_local: bool = True
     key: str = "run_id"  # the hive partition column (the scores dataset uses score_run_id)
+    base: str | None = None  # the run id's runs-index entry (a digest) when the run started; None: absent
 
     @classmethod
     def create(cls, output: str, run_id: str, datasets: tuple = DATASETS, key: str = "run_id") -> "Staging":
@@ -81,7 +92,8 @@ class Staging:
         filesystem.create_dir(area, recursive=True)
         local_dir = area if is_local else tempfile.mkdtemp(prefix=f"linreg-stage-{run_id}-")
         staging = cls(output=output, run_id=run_id, name=name, local_dir=local_dir, datasets=tuple(datasets),
-                      filesystem=filesystem, root=root, is_local=is_local, key=key)
+                      filesystem=filesystem, root=root, is_local=is_local, key=key,
+                      base=index_entry(filesystem, root, run_id) if "runs" in datasets else None)
         for dataset in staging.datasets:
             os.makedirs(os.path.dirname(staging.file(dataset)), exist_ok=True)
         staging.renew_lease()
@@ -116,20 +128,59 @@ class Staging:
             shutil.rmtree(self.local_dir, ignore_errors=True)
 
     def commit(self) -> dict[str, str]:
-        """Publish every dataset's partition, the runs index last; return dataset -> final location."""
+        """Publish every dataset's partition, the runs index last; return dataset -> final location.
+
+        Raises RunConflictError (publishing nothing) when another run with the same id holds the commit
+        lock, or committed the id after this run started."""
         if not self.is_local:
             for dataset in self.datasets:
                 local = os.path.dirname(self.file(dataset))
                 for name in sorted(os.listdir(local)) if os.path.isdir(local) else []:  # every rank's part
                     pafs.copy_files(os.path.join(local, name), f"{self.area}/{dataset}/{self.key}={self.run_id}/{name}",
                                     source_filesystem=pafs.LocalFileSystem(), destination_filesystem=self.filesystem)
-        journal = {"run_id": self.run_id, "datasets": list(self.datasets), "key": self.key}
-        _write_text(self.filesystem, f"{self.area}/{JOURNAL}", json.dumps(journal))
-        roll_forward(self.filesystem, self.root, self.name, journal, self.is_local)
+        try:
+            with locks.commit_lock(self.output, self.filesystem, self.root, self.run_id, key=self.key, owner=self.name):
+                self._check_still_ours()
+                journal = {"run_id": self.run_id, "datasets": list(self.datasets), "key": self.key}
+                before_file_operation()
+                _write_text(self.filesystem, f"{self.area}/{JOURNAL}", json.dumps(journal))
+                roll_forward(self.filesystem, self.root, self.name, journal, self.is_local)
+        except locks.LockBusy as exc:
+            raise RunConflictError(
+                f"Run {self.run_id!r} was not committed: another run with the same id is committing it right now "
+                f"({locks.describe(exc.holder)}). Two runs with one id at the same time: exactly one commits. "
+                "Rerun later to replace that run, or choose another --run-id.") from None
         if not self.is_local:
             shutil.rmtree(self.local_dir, ignore_errors=True)
         prefix = "" if self.is_local else self.output.split("://", 1)[0] + "://"
         return {d: prefix + partition(self.root, d, self.run_id, self.key) for d in self.datasets}
+
+
+    def _check_still_ours(self) -> None:
+        """Under the commit lock: the run id's runs-index entry is the one seen when this run started, and the
+        staging area still exists (a run whose lease went stale may have been swept)."""
+        if "runs" in self.datasets and index_entry(self.filesystem, self.root, self.run_id) != self.base:
+            raise RunConflictError(
+                f"Run {self.run_id!r} was not committed: another run with the same id committed it after this run "
+                f"started (see {self.output}/runs/{self.key}={self.run_id}). Two runs with one id at the same time: "
+                "exactly one commits. Rerun to replace that run, or choose another --run-id.")
+        if _kind(self.filesystem, f"{self.area}/{LEASE}") != pafs.FileType.File:
+            raise RuntimeError(f"The staging area {self.area} of run {self.run_id!r} was removed before its commit "
+                               "(its lease was older than the stale limit); nothing was committed.")
+
+
+def index_entry(filesystem: pafs.FileSystem, root: str, run_id: str) -> str | None:
+    """A digest of run `run_id`'s runs-index entry (one small file), None when the run is not committed."""
+    path = f"{partition(root, 'runs', run_id)}/{PART_FILE}"
+    try:
+        with filesystem.open_input_stream(path) as f:
+            return hashlib.sha256(f.read()).hexdigest()
+    except FileNotFoundError:
+        return None
+    except OSError:
+        if _kind(filesystem, path) == pafs.FileType.NotFound:
+            return None
+        raise
 
 
 def part_file(part: int) -> str:
@@ -161,18 +212,43 @@ def roll_forward(filesystem: pafs.FileSystem, root: str, name: str, journal: dic
             os.makedirs(os.path.dirname(final), exist_ok=True)
             os.rename(staged, final)
         else:
-            parts = sorted(i.base_name for i in filesystem.get_file_info(pafs.FileSelector(staged)))
+            parts = sorted((i.base_name for i in filesystem.get_file_info(pafs.FileSelector(staged))), key=_part_number)
             for old in filesystem.get_file_info(pafs.FileSelector(final, allow_not_found=True)):
-                if old.base_name not in parts:  # a replaced run's part that the new run does not have
+                if old.base_name != PART_FILE:  # parts of a partition written before parts were merged
                     before_file_operation()
                     filesystem.delete_file(old.path)
-            for name in parts:  # part-0.parquet, or one part per rank of a distributed run
-                before_file_operation()
-                filesystem.copy_file(f"{staged}/{name}", f"{final}/{name}")
+            before_file_operation()
+            if len(parts) == 1:
+                filesystem.copy_file(f"{staged}/{parts[0]}", f"{final}/{PART_FILE}")
+            else:  # one part per rank: copied one by one, a reader could see some parts and not others
+                merge_parts(filesystem, [f"{staged}/{name}" for name in parts], f"{final}/{PART_FILE}")
             before_file_operation()
             filesystem.delete_dir(staged)
     before_file_operation()
     _delete_dir(filesystem, area)
+
+
+def merge_parts(filesystem: pafs.FileSystem, sources: list[str], target: str) -> None:
+    """Write the row groups of several Parquet part files (one schema) into one object, one row group in
+    memory at a time. On object storage the object appears only when its (multipart) upload completes, so
+    a reader sees the partition whole or not at all."""
+    first = pq.ParquetFile(filesystem.open_input_file(sources[0]))
+    schema = first.schema_arrow
+    with filesystem.open_output_stream(target) as sink, \
+            pq.ParquetWriter(sink, schema, compression="snappy",
+                             use_dictionary=[f.name for f in schema if not pa.types.is_floating(f.type)]) as writer:
+        for source in sources:
+            part = first if source == sources[0] else pq.ParquetFile(filesystem.open_input_file(source))
+            for group in range(part.num_row_groups):
+                writer.write_table(part.read_row_group(group).cast(schema))
+
+
+def _part_number(name: str) -> int:
+    """part-0.parquet -> 0, part-12.parquet -> 12 (rank order, not text order)."""
+    try:
+        return int(name.split("-", 1)[1].split(".", 1)[0])
+    except (IndexError, ValueError):
+        return 1 << 30
 
 
 def _remove_partition(filesystem: pafs.FileSystem, final: str, trash: str, is_local: bool) -> None:
@@ -197,18 +273,55 @@ def recover(output: str, *, stale_after: dt.timedelta = STALE_LEASE) -> list[str
             continue
         name = info.base_name
         journal = _read_text(filesystem, f"{info.path}/{JOURNAL}")
-        if journal is not None:
-            roll_forward(filesystem, root, name, json.loads(journal), is_local)
-            done.append(f"rolled forward the interrupted commit of {name}")
-            log.warning("rolled forward the interrupted commit of %s", name)
-            continue
-        lease = _read_text(filesystem, f"{info.path}/{LEASE}")
-        renewed = dt.datetime.fromisoformat(lease) if lease else None
-        if renewed is None or now - renewed > stale_after:
-            _delete_dir(filesystem, info.path)
-            done.append(f"swept the stale staging area {name}")
-            log.warning("swept the stale staging area %s (lease %s)", name, lease or "missing")
+        if journal is None and not _lease_stale(filesystem, info.path, now, stale_after):
+            continue  # a live run's staging area
+        journal = json.loads(journal) if journal else None
+        run_id = journal["run_id"] if journal else name.rsplit(".", 1)[0]
+        key = journal.get("key", "run_id") if journal else _staged_key(filesystem, info.path)
+        try:
+            with locks.commit_lock(output, filesystem, root, run_id, key=key, owner=f"recover of {name}"):
+                # Look again under the lock: the owner may have finished, or written its journal, meanwhile.
+                text = _read_text(filesystem, f"{info.path}/{JOURNAL}")
+                if text is not None:
+                    roll_forward(filesystem, root, name, json.loads(text), is_local)
+                    done.append(f"rolled forward the interrupted commit of {name}")
+                    log.warning("rolled forward the interrupted commit of %s", name)
+                elif _kind(filesystem, info.path) == pafs.FileType.Directory and \
+                        _lease_stale(filesystem, info.path, now, stale_after):
+                    _delete_dir(filesystem, info.path)
+                    done.append(f"swept the stale staging area {name}")
+                    log.warning("swept the stale staging area %s", name)
+        except locks.LockBusy as exc:  # a live process is committing that run id: its business
+            log.info("left %s alone: its run id is being committed by %s", name, locks.describe(exc.holder))
     return done
+
+
+def _lease_stale(filesystem: pafs.FileSystem, area: str, now: dt.datetime, stale_after: dt.timedelta) -> bool:
+    """A staging area's lease is older than `stale_after`. Without a readable lease (a run killed before
+    writing it, or one creating its area right now) the area's newest modification time counts instead."""
+    lease = _read_text(filesystem, f"{area}/{LEASE}")
+    try:
+        renewed = dt.datetime.fromisoformat(lease) if lease else None
+    except ValueError:
+        renewed = None  # torn by a kill mid-write
+    if renewed is None:
+        infos = [filesystem.get_file_info(area)] + filesystem.get_file_info(
+            pafs.FileSelector(area, recursive=True, allow_not_found=True))
+        times = [i.mtime for i in infos if i.mtime is not None]
+        renewed = max(times) if times else None
+        if renewed is not None and renewed.tzinfo is None:
+            renewed = renewed.replace(tzinfo=dt.timezone.utc)
+    return renewed is None or now - renewed > stale_after
+
+
+def _staged_key(filesystem: pafs.FileSystem, area: str) -> str:
+    """The partition key of a staging area's datasets (run_id, or score_run_id for scores)."""
+    for dataset in filesystem.get_file_info(pafs.FileSelector(area)):
+        if dataset.type == pafs.FileType.Directory:
+            for part in filesystem.get_file_info(pafs.FileSelector(dataset.path)):
+                if "=" in part.base_name:
+                    return part.base_name.split("=", 1)[0]
+    return "run_id"
 
 
 def file_metadata(*, run_id: str, trainer: str, config: dict, fingerprint: dict, versions: dict,
@@ -252,6 +365,19 @@ def _delete_dir(filesystem: pafs.FileSystem, path: str) -> None:
     if _kind(filesystem, path) == pafs.FileType.Directory:
         filesystem.delete_dir(path)
     parent = path.rsplit("/", 1)[0]
+    if isinstance(filesystem, pafs.LocalFileSystem):  # rmdir: only when empty, even if another run just made one
+        if parent.endswith(f"/{STAGING}"):
+            try:
+                os.rmdir(parent)
+            except OSError:
+                pass
+        return
+    # Object storage: pyarrow leaves a marker for the empty parent; remove it. (Another run may remove it
+    # at the same time, and a run creating its area in between can lose its marker and lease: it then fails
+    # at its commit, `_check_still_ours`, rather than publish anything.)
     if parent.endswith(f"/{STAGING}") and _kind(filesystem, parent) == pafs.FileType.Directory:
-        if not filesystem.get_file_info(pafs.FileSelector(parent)):
-            filesystem.delete_dir(parent)
+        if not filesystem.get_file_info(pafs.FileSelector(parent, allow_not_found=True)):
+            try:
+                filesystem.delete_dir(parent)
+            except FileNotFoundError:
+                pass

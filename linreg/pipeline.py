@@ -34,6 +34,7 @@ from linreg.model import LinearModel
 from linreg.progress import Progress
 from linreg.schema import SCHEMA_VERSION, Columns, metrics_schema, predictions_schema, pred_column, resolve_columns
 from linreg.split import Split, choose_split
+from linreg.stream import StreamedRows
 from linreg.tensors import matrix, read_batches
 from linreg.sample_weights import check_weights
 from linreg.schema import check_weight_column
@@ -205,8 +206,17 @@ def fit_model(plan: RunPlan, joined: JoinResult, split: Split, cluster: Cluster 
             yield (matrix(batch, columns.features), matrix(batch, columns.targets),
                    *([matrix(batch, weight, np.float64)[:, 0]] if weight else []))
 
+    def stream(shift, scale, n_rows, mean_weight) -> StreamedRows:
+        log.info("the %d training rows exceed half the memory budget (%s): streaming them from %s every epoch",
+                 n_rows, config.memory_budget, joined.path)
+        return StreamedRows(path=joined.path, features=columns.features, targets=columns.targets,
+                            weight=config.weight_column, keep=lambda b: ~split.holdout_mask(b),
+                            keep_columns=columns.keys, shift=shift, scale=scale, n_rows=n_rows,
+                            mean_weight=mean_weight, buffer_rows=max(config.memory_budget_bytes() // 64, 4096))
+
     result = fit(train_batches(), trainer=config.trainer, features=columns.features, targets=columns.targets,
-                 options=TrainOptions.from_config(config), cluster=cluster, checkpoint=checkpoint)
+                 options=TrainOptions.from_config(config), cluster=cluster, checkpoint=checkpoint,
+                 stream=stream, memory_limit=config.memory_budget_bytes() // 2)
     if result.epochs:
         log.info("%s trainer: %d epoch(s), lr %.3g, %s; %.2f s", config.trainer, result.epochs, result.lr,
                  result.stop_reason, result.seconds)

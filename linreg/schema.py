@@ -48,12 +48,57 @@ def resolve_columns(weather: Table, yields: Table, *, features: list[str], targe
     _check_names(columns)
     _check_present(weather, columns.keys + columns.features)
     _check_present(yields, columns.keys + columns.targets)
+    _check_not_null_typed(weather, columns.keys + columns.features)
+    _check_not_null_typed(yields, columns.keys + columns.targets)
     for table, names in ((weather, columns.features), (yields, columns.targets)):
         for name in names:
             _check_numeric(table, name)
     for key in columns.keys:
         _check_key_types(weather, yields, key)
+    _check_file_types(weather, columns.keys, columns.features)
+    _check_file_types(yields, columns.keys, columns.targets)
+    for table in (weather, yields):
+        _check_not_empty(table)
     return columns
+
+
+def _check_file_types(table: Table, keys: list[str], values: list[str]) -> None:
+    """Every file's own (footer) type of each column agrees with the table's: numeric values, keys of the
+    same kind. Without this check a file whose 'year' is text, or whose 'temp' is text, would be cast
+    silently (or fail deep in a scan) because the table's schema comes from its first file."""
+    for fragment in table.fragments():
+        physical = fragment.physical_schema
+        for name in keys + values:
+            if name not in physical.names:
+                continue  # a hive partition column: typed by the partitioning
+            kind = physical.field(name).type
+            if name in values and not _is_numeric(kind):
+                raise InputError(f"The {table.describe()}: column {name!r} must be numeric, but it is {kind} in file "
+                                 f"{fragment.path!r} ({table.schema.field(name).type} in the table's first file).")
+            if name in keys and key_kind(kind) != key_kind(table.schema.field(name).type):
+                raise InputError(f"The {table.describe()}: key column {name!r} has type {kind} in file "
+                                 f"{fragment.path!r} but {table.schema.field(name).type} in the table's first file. "
+                                 "A column must have one type in every file.")
+
+
+def _check_not_null_typed(table: Table, names: list[str]) -> None:
+    """A column written from nothing but nulls has Parquet type null: say so, naming the file."""
+    for fragment in table.fragments():
+        physical = fragment.physical_schema
+        for name in names:
+            if name in physical.names and pa.types.is_null(physical.field(name).type):
+                raise InputError(f"The {table.describe()}: column {name!r} holds only nulls in file {fragment.path!r} "
+                                 "(its Parquet type is null). Fill it or drop the file.")
+
+
+def _check_not_empty(table: Table) -> None:
+    """A table with files but no rows (from the footers' row counts)."""
+    if table.dataset.count_rows() == 0:
+        raise InputError(f"The {table.describe()} holds no rows ({len(table.files)} file(s), all empty).")
+
+
+def _is_numeric(kind: pa.DataType) -> bool:
+    return pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind)
 
 
 def _check_names(columns: Columns) -> None:
@@ -84,7 +129,7 @@ def _check_present(table: Table, names: list[str]) -> None:
 
 def _check_numeric(table: Table, name: str) -> None:
     kind = table.schema.field(name).type
-    if not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind)):
+    if not _is_numeric(kind):
         raise InputError(f"The {table.describe()}: column {name!r} must be numeric, but it is {kind}.")
 
 
@@ -120,7 +165,9 @@ def check_weight_column(yields: Table, column: str, columns: Columns) -> None:
         raise InputError(f"The weight column {column!r} would collide with the output columns or words "
                          f"({', '.join(RESERVED_WORDS)}, '<target>_pred'). Rename the column in the input.")
     _check_present(yields, [column])
+    _check_not_null_typed(yields, [column])
     _check_numeric(yields, column)
+    _check_file_types(yields, [], [column])
 
 
 def metrics_schema() -> pa.Schema:

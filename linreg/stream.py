@@ -37,6 +37,7 @@ class StreamedRows:
     scale: np.ndarray
     n_rows: int
     buffer_rows: int = 1 << 20
+    mean_weight: float = 1.0  # mean sample weight over the kept rows (1 without weights)
 
     def epoch(self, epoch: int, seed: int, batch: int, device: torch.device
               ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:

@@ -37,6 +37,7 @@ from linreg.errors import InputError
 
 log = logging.getLogger(__name__)
 NN_DEFAULT_BATCH = 1024
+STREAM_BATCH = 65536  # rows per streamed block when full-batch descent accumulates gradients over the stream
 
 
 @dataclass
@@ -135,19 +136,25 @@ def _mean_weight(sample_weight: torch.Tensor | None, n_total: int, cluster: Clus
 def train_manual(X: torch.Tensor, Y: torch.Tensor, *, lr: float, epochs: int, batch_size: int | None,
                  fit_intercept: bool, tol: float, patience: int, seed: int, cluster: Cluster,
                  sample_weight: torch.Tensor | None = None, penalty: torch.Tensor | None = None,
-                 checkpoint=None) -> TrainResult:
+                 checkpoint=None, stream=None) -> TrainResult:
     """The seed's from-scratch trainer: X (n, p), Y (n, k) float32 on cluster.device; optional
     sample_weight (n,) and ridge penalty (p,) (see the module docstring). With several ranks, X and Y are
     this rank's rows: gradients are all-reduced (summed; each rank's loss is divided by the global step
-    rows) before the update. checkpoint: `linreg.snapshot.Snapshots` (save every N epochs, resume)."""
+    rows) before the update. checkpoint: `linreg.snapshot.Snapshots` (save every N epochs, resume).
+    stream: a `linreg.stream.StreamedRows` read epoch by epoch instead of X, Y (one process); full-batch
+    descent then accumulates the gradient over the streamed batches (as `backward()` does) and steps once."""
     start = time.perf_counter()
+    device = cluster.device
+    if stream is not None:
+        return _train_streamed("manual", stream, lr=lr, epochs=epochs, batch_size=batch_size,
+                               fit_intercept=fit_intercept, tol=tol, patience=patience, seed=seed, device=device,
+                               penalty=penalty, start=start)
     n, p = X.shape
     k = Y.shape[1]
     n_total = _global_rows(n, cluster, X.device)
     mean_weight = _mean_weight(sample_weight, n_total, cluster, X.device)
     gen = torch.Generator().manual_seed(seed)
-    w = torch.randn(k, p, generator=gen).to(X.device).requires_grad_(True)
-    b = (torch.randn(k, generator=gen) if fit_intercept else torch.zeros(k)).to(X.device).requires_grad_(fit_intercept)
+    w, b = _manual_parameters(k, p, fit_intercept, gen, X.device)
     params = [w, b] if fit_intercept else [w]
 
     def model(x):
@@ -200,12 +207,17 @@ def train_manual(X: torch.Tensor, Y: torch.Tensor, *, lr: float, epochs: int, ba
 def train_nn(X: torch.Tensor, Y: torch.Tensor, *, lr: float, epochs: int, batch_size: int | None,
              fit_intercept: bool, tol: float, patience: int, seed: int, cluster: Cluster,
              sample_weight: torch.Tensor | None = None, penalty: torch.Tensor | None = None,
-             checkpoint=None) -> TrainResult:
+             checkpoint=None, stream=None) -> TrainResult:
     """nn.Linear + F.mse_loss + optim.SGD over shuffled mini-batches: X (n, p), Y (n, k) float32; optional
     sample_weight (n,) and ridge penalty (p,) (see the module docstring). With several ranks the model is
     wrapped in DistributedDataParallel, X and Y are this rank's rows, `batch_size` is the global batch and
-    each rank reshuffles its rows every epoch from (seed, epoch, rank). checkpoint: as in train_manual."""
+    each rank reshuffles its rows every epoch from (seed, epoch, rank). checkpoint: as in train_manual.
+    stream: a `linreg.stream.StreamedRows` read epoch by epoch instead of X, Y (one process)."""
     start = time.perf_counter()
+    if stream is not None:
+        return _train_streamed("nn", stream, lr=lr, epochs=epochs, batch_size=batch_size,
+                               fit_intercept=fit_intercept, tol=tol, patience=patience, seed=seed,
+                               device=cluster.device, penalty=penalty, start=start)
     n, p = X.shape
     k = Y.shape[1]
     n_total = _global_rows(n, cluster, X.device)
@@ -260,6 +272,69 @@ def train_nn(X: torch.Tensor, Y: torch.Tensor, *, lr: float, epochs: int, batch_
                                   losses=result.losses, generator=gen)
     bias = model.bias if fit_intercept else torch.zeros(k)
     return _finish(result, model.weight, bias, schedule, start)
+
+
+def _manual_parameters(k: int, p: int, fit_intercept: bool, gen: torch.Generator, device):
+    """The seed's w (k, p) and b (k,), drawn from randn, requiring grad (b stays 0 without an intercept)."""
+    w = torch.randn(k, p, generator=gen).to(device).requires_grad_(True)
+    b = (torch.randn(k, generator=gen) if fit_intercept else torch.zeros(k)).to(device).requires_grad_(fit_intercept)
+    return w, b
+
+
+def _train_streamed(kind: str, stream, *, lr: float, epochs: int, batch_size: int | None, fit_intercept: bool,
+                    tol: float, patience: int, seed: int, device, penalty: torch.Tensor | None,
+                    start: float) -> TrainResult:
+    """Either trainer over rows streamed from disk each epoch (one process). The epoch's loss for the stopping
+    rule is the mean of the batch losses seen during the epoch (as scikit-learn's SGD does), not a second
+    pass; full-batch `manual` sums gradients over the streamed batches and steps once per epoch."""
+    p, k, n_total = len(stream.features), len(stream.targets), stream.n_rows
+    full_batch = kind == "manual" and batch_size is None
+    batch = STREAM_BATCH if full_batch else (batch_size or NN_DEFAULT_BATCH)
+    gen = torch.Generator().manual_seed(seed)
+    if kind == "manual":
+        w, b = _manual_parameters(k, p, fit_intercept, gen, device)
+        params = [w, b] if fit_intercept else [w]
+
+        def forward(x):
+            return x @ w.t() + b
+    else:
+        torch.manual_seed(seed)
+        model = nn.Linear(p, k, bias=fit_intercept).to(device)
+        params = list(model.parameters())
+        w, b = model.weight, (model.bias if fit_intercept else torch.zeros(k, device=device))
+        forward = model
+    schedule = Schedule(lr, tol=tol, patience=patience)
+    result = TrainResult(coef=np.zeros((k, p)), intercept=np.zeros(k))
+    mean_weight = stream.mean_weight
+
+    def step() -> None:
+        with torch.no_grad():
+            for param in params:
+                param -= param.grad * schedule.lr
+                param.grad.zero_()
+
+    for epoch in range(epochs):
+        data_loss = 0.0
+        for xb, yb, wb in stream.epoch(epoch, seed, batch, device):
+            rows = n_total if full_batch else len(xb)
+            sq = (forward(xb) - yb) ** 2
+            loss = (sq.sum() if wb is None else (wb[:, None] * sq).sum()) / (rows * mean_weight * k)
+            data_loss += float(loss.detach()) * (1.0 if full_batch else len(xb) / n_total)
+            if penalty is not None and not full_batch:
+                loss = loss + (penalty * w * w).sum() / k
+            loss.backward()
+            if not full_batch:
+                step()
+        if full_batch:
+            if penalty is not None:
+                ((penalty * w * w).sum() / k).backward()
+            step()
+        ridge = 0.0 if penalty is None else float((penalty * w.detach() ** 2).sum()) / k
+        result.losses.append(data_loss + ridge)
+        result.stop_reason = schedule.step(result.losses[-1]) or ""
+        if result.stop_reason:
+            break
+    return _finish(result, w, b, schedule, start)
 
 
 def _finish(result: TrainResult, w: torch.Tensor, b: torch.Tensor, schedule: Schedule, start: float) -> TrainResult:

@@ -1,0 +1,132 @@
+"""Scaling of data-parallel training on this machine (gloo, CPU), printed as ratios; nothing is asserted.
+
+    python -m bench.scaling_bench                     # ~1-2 minutes on 2 cores
+    python -m bench.scaling_bench --rows 400000 --batch-size 4096
+
+1. Training throughput: the `nn` trainer (DDP) on --rows rows for --epochs epochs with global batch
+   --batch-size, with 1 and with 2 ranks (forked processes, one thread each, as torchrun sets): rows per
+   second of the whole job, and the speed-up (rows/s with 2 ranks over rows/s with 1).
+2. Communication per step: with 2 ranks, the time of one all-reduce of the model's gradients (as DDP does
+   once per step) over the time of one training step.
+3. The cost of sharding when the inputs are not partitioned by region: the join of one rank's shard (every
+   rank scans the key column of every file and filters by the region hash) over the join of all rows in
+   one process, and the same for inputs hive-partitioned by region (a rank reads only its files).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import multiprocessing as mp
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as tdist
+
+FEATURES, TARGETS = ["temp", "rainfall", "humidity"], ["apples", "oranges"]
+
+
+def _rank(rank, world, init, rows, epochs, batch, queue):
+    torch.set_num_threads(1)
+    tdist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world,
+                             timeout=dt.timedelta(seconds=120))
+    from linreg.dist import Cluster
+    from linreg.trainers import train_nn
+
+    cluster = Cluster(rank=rank, world_size=world, local_rank=rank, device=torch.device("cpu"))
+    gen = torch.Generator().manual_seed(rank)
+    n = rows // world
+    X = torch.randn(n, len(FEATURES), generator=gen)
+    Y = X @ torch.randn(len(FEATURES), len(TARGETS), generator=torch.Generator().manual_seed(0)) \
+        + 0.1 * torch.randn(n, len(TARGETS), generator=gen)
+    tdist.barrier()
+    start = time.perf_counter()
+    result = train_nn(X, Y, lr=0.05, epochs=epochs, batch_size=batch, fit_intercept=True, tol=0, patience=5,
+                      seed=0, cluster=cluster)
+    seconds = time.perf_counter() - start
+    steps = result.epochs * -(-rows // batch)
+    comm = None
+    if world > 1:  # one all-reduce of the gradients (weight and bias), as DDP does per step
+        grads = torch.zeros(len(TARGETS) * (len(FEATURES) + 1))
+        tdist.barrier()
+        t = time.perf_counter()
+        for _ in range(2000):
+            tdist.all_reduce(grads)
+        comm = (time.perf_counter() - t) / 2000
+    queue.put((rank, seconds, steps, comm))
+    tdist.destroy_process_group()
+
+
+def train_rate(rows: int, epochs: int, batch: int, world: int) -> tuple[float, float, float | None]:
+    """(rows per second of the job, seconds per step, all-reduce seconds) with `world` forked ranks."""
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    init = tempfile.mktemp(prefix="linreg-bench-init-")
+    procs = [ctx.Process(target=_rank, args=(r, world, init, rows, epochs, batch, queue)) for r in range(world)]
+    for p in procs:
+        p.start()
+    results = [queue.get(timeout=600) for _ in procs]
+    for p in procs:
+        p.join()
+    seconds = max(r[1] for r in results)
+    steps = results[0][2]
+    comm = next((r[3] for r in results if r[0] == 0), None)
+    return rows * epochs / seconds, seconds / steps, comm
+
+
+def join_seconds(weather: str, yields: str, world: int, rank: int, work: str) -> float:
+    from linreg import shard
+    from linreg.io import open_table
+    from linreg.join import connect, join_tables
+    from linreg.schema import resolve_columns
+
+    w, y = open_table(weather, "weather"), open_table(yields, "yields")
+    columns = resolve_columns(w, y, features=FEATURES, targets=TARGETS, keys=None)
+    w, _ = shard.restrict(w, columns.region, rank, world)
+    y, _ = shard.restrict(y, columns.region, rank, world)
+    con = connect(work, 2 << 30)
+    start = time.perf_counter()
+    join_tables(con, w, y, columns, os.path.join(work, f"joined-{world}-{rank}.parquet"), max_drop_fraction=1.0,
+                row_filter=shard.sql_predicate(columns.region, rank, world), check=False)
+    con.close()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=2048)
+    parser.add_argument("--join-rows", type=int, default=1_000_000)
+    args = parser.parse_args()
+
+    one_rate, one_step, _ = train_rate(args.rows, args.epochs, args.batch_size, 1)
+    two_rate, two_step, comm = train_rate(args.rows, args.epochs, args.batch_size, 2)
+    print(f"training (nn, {args.rows} rows, global batch {args.batch_size}, {args.epochs} epochs, gloo, "
+          f"{os.cpu_count()} cores)")
+    print(f"  rows/s with 1 rank : {one_rate:,.0f}")
+    print(f"  rows/s with 2 ranks: {two_rate:,.0f}")
+    print(f"  speed-up 2 ranks / 1 rank: {two_rate / one_rate:.2f}")
+    print(f"  all-reduce / step time (2 ranks): {comm / two_step:.2f}  "
+          f"({comm * 1e6:.0f} us of {two_step * 1e6:.0f} us per step)")
+
+    from linreg.synth import generate
+
+    with tempfile.TemporaryDirectory(prefix="linreg-scaling-") as tmp:
+        flat, parted = Path(tmp) / "flat", Path(tmp) / "parted"
+        regions = max(args.join_rows // 1000, 4)
+        generate(flat, rows=args.join_rows, regions=regions)
+        generate(parted, rows=args.join_rows, regions=regions, partition_by_region=True)
+        for name, data in (("not partitioned", flat), ("partitioned by region", parted)):
+            w, y = str(data / "weather"), str(data / "yields")
+            whole = join_seconds(w, y, 1, 0, tmp)
+            shard0 = join_seconds(w, y, 2, 0, tmp)
+            print(f"join of one rank's shard (2 ranks) / join of all rows, {name} ({args.join_rows} rows, "
+                  f"{regions} regions): {shard0 / whole:.2f}  ({shard0:.2f} s / {whole:.2f} s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""A tiny committer for the kill and concurrency tests (tests/test_reliability_commit.py): stages four small
+datasets for one run id and commits them with linreg.outputs.Staging, without importing torch.
+
+    python -m tests.reliability_committer --output OUT --run-id ID --writer W --rows N
+        [--parts P] [--kill-at K] [--ready-dir DIR --wait-for N] [--recover-only]
+
+Every file records `linreg.writer` (W) and `linreg.rows` (the rows of its dataset's partition, all parts
+together), so a test can check that a visible partition is whole and from one writer. --kill-at K: the
+process SIGKILLs itself before the K-th file operation of the commit (outputs.before_file_operation).
+--ready-dir/--wait-for: after staging, touch DIR/W and wait until N writers are ready (a race start line).
+Exit codes: 0 committed, 3 RunConflictError (its message on stderr), 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+
+
+
+class _NoPandas:
+    """pyarrow imports pandas (0.3 s) to check what it is given; this short-lived script needs none."""
+
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        if name == "pandas" or name.startswith("pandas."):
+            raise ImportError("pandas is not used by the committer")
+
+
+sys.meta_path.insert(0, _NoPandas)
+
+import pyarrow as pa  # noqa: E402
+
+from linreg import outputs  # noqa: E402
+from linreg.errors import RunConflictError  # noqa: E402
+
+
+def kill_at(k: int) -> None:
+    """Make the k-th file operation of a commit (counted from 1) a SIGKILL of this process."""
+    count = {"n": 0}
+
+    def maybe_kill():
+        count["n"] += 1
+        if count["n"] == k:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    outputs.before_file_operation = maybe_kill
+    return count
+
+
+def tables(run_id: str, writer: str, rows: int) -> dict[str, pa.Table]:
+    """Small stand-ins for weights, metrics, predictions and runs; every row names its run and writer."""
+    n = {"weights": 3, "metrics": 4, "predictions": rows, "runs": 1}
+    return {d: pa.table({"run": [run_id] * k, "writer": [writer] * k, "i": list(range(k)),
+                         "value": [float(i) * 0.5 for i in range(k)]}) for d, k in n.items()}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--output", required=True)
+    parser.add_argument("--run-id", required=True)
+    parser.add_argument("--writer", required=True)
+    parser.add_argument("--rows", type=int, default=10)
+    parser.add_argument("--parts", type=int, default=1, help="predictions written as this many part files")
+    parser.add_argument("--kill-at", type=int, default=0)
+    parser.add_argument("--ready-dir")
+    parser.add_argument("--wait-for", type=int, default=0)
+    parser.add_argument("--recover-only", action="store_true")
+    parser.add_argument("--count-ops", action="store_true", help="print the number of file operations")
+    args = parser.parse_args(argv)
+
+    counter = kill_at(args.kill_at) if args.kill_at or args.count_ops else None
+    if args.recover_only:
+        outputs.recover(args.output)
+        return 0
+    saved = outputs.before_file_operation
+    outputs.before_file_operation = lambda: None  # kill points count the commit's operations only
+    outputs.recover(args.output)
+    staging = outputs.Staging.create(args.output, args.run_id)
+    try:
+        for dataset, table in tables(args.run_id, args.writer, args.rows).items():
+            metadata = {b"linreg.writer": args.writer.encode(), b"linreg.rows": str(table.num_rows).encode()}
+            parts = args.parts if dataset == "predictions" else 1
+            bounds = [table.num_rows * p // parts for p in range(parts + 1)]
+            for part in range(parts):
+                path = staging.file(dataset, part)
+                outputs.write_table(path, table.slice(bounds[part], bounds[part + 1] - bounds[part]), metadata)
+        if args.ready_dir:
+            open(os.path.join(args.ready_dir, args.writer), "w").close()
+            deadline = time.monotonic() + 60
+            while len(os.listdir(args.ready_dir)) < args.wait_for and time.monotonic() < deadline:
+                time.sleep(0.01)
+        outputs.before_file_operation = saved
+        staging.commit()
+    except RunConflictError as exc:
+        staging.discard()
+        print(str(exc), file=sys.stderr)
+        return exc.exit_code
+    except BaseException:
+        staging.discard()
+        raise
+    if args.count_ops:
+        print(counter["n"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
