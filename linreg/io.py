@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
-from linreg.errors import InputError, is_transient
+from linreg.errors import InputError, TransientIOError, is_transient
 
 BATCH_ROWS = 256 * 1024  # rows per record batch handed to numpy/torch: large enough to amortize, small enough to bound memory
 
@@ -66,7 +66,7 @@ def open_table(path: str, role: str) -> Table:
     except pa.ArrowTypeError as exc:  # a hive directory level and a file column of the same name, typed differently
         raise InputError(f"The {role} table {path!r} cannot be read as one table: {_first_line(exc)}. "
                          f"{_partition_clash_hint(filesystem, root)}") from None
-    except (pa.ArrowInvalid, OSError) as exc:
+    except (pa.ArrowException, OSError) as exc:
         if not is_input_fault(exc):
             raise
         raise InputError(f"The {role} table {path!r} is not a readable Parquet dataset: {_first_line(exc)}") from None
@@ -85,8 +85,9 @@ def check_footers(table: Table) -> None:
     for fragment in table.fragments():
         try:
             physical = fragment.physical_schema
-        except (pa.ArrowException, OSError) as exc:
-            if not is_input_fault(exc):
+            physical.names  # noqa: B018 (column names must decode as UTF-8)
+        except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:
+            if not isinstance(exc, UnicodeDecodeError) and not is_input_fault(exc):
                 raise
             raise InputError(f"The {table.describe()}: file {fragment.path!r} is not a readable Parquet file "
                              f"({_first_line(exc)}). Remove it, or write it again; files named _* or .* "
@@ -106,19 +107,23 @@ def is_input_fault(exc: BaseException) -> bool:
 
 def is_data_error(exc: BaseException) -> bool:
     """True when a pyarrow error is about the bytes of a file (corrupt, truncated, not Parquet), False for
-    I/O failures (a dropped connection, a missing permission) that are not the data's fault."""
+    I/O failures (a dropped connection, a timeout) that are not the data's fault."""
     if isinstance(exc, pa.ArrowException) and not isinstance(exc, OSError):
         return True  # ArrowInvalid, ArrowTypeError, ArrowNotImplementedError, ArrowCapacityError...
-    text = str(exc)
-    if "AWS Error" in text or "curl" in text.lower():  # a storage request failed: retryable, not the data
+    if isinstance(exc, TransientIOError):
         return False
-    return any(sign in text for sign in DATA_ERROR_SIGNS)
+    text = str(exc)
+    if any(sign in text for sign in NETWORK_SIGNS):  # a storage request failed: retryable, not the data
+        return False
+    # pyarrow's decoding errors ("Dictionary page must be before data page", "Couldn't deserialize thrift")
+    # are OSErrors without an errno; failed system calls carry one.
+    return getattr(exc, "errno", None) is None or any(sign in text for sign in DATA_ERROR_SIGNS)
 
 
-# Messages of OSErrors that pyarrow's Parquet reader raises for damaged bytes (not for failed I/O).
+NETWORK_SIGNS = ("AWS Error", "curl", "Curl", "onnection", "imed out", "imeout", "google::cloud", "HTTP",
+                 "Temporary failure", "Broken pipe", "Too many open files")
 DATA_ERROR_SIGNS = ("magic bytes", "Parquet file size", "thrift", "Thrift", "deserializ", "Corrupt", "corrupt",
-                    "Unexpected end of stream", "page header", "ecompress", "Invalid", "invalid", "out of bounds",
-                    "exceeds", "Couldn't", "Unknown encoding", "Unexpected")
+                    "Unexpected end of stream", "page header", "ecompress")
 
 
 def _partition_clash_hint(filesystem: pafs.FileSystem, root: str) -> str:

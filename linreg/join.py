@@ -13,10 +13,11 @@ import os
 from dataclasses import dataclass
 
 import duckdb
+import pyarrow as pa
 import pyarrow.fs as pafs
 
 from linreg.errors import InputError, format_examples
-from linreg.io import Table
+from linreg.io import Table, is_input_fault
 from linreg.schema import Columns
 from linreg.validate import MAX_EXAMPLES, example_keys
 
@@ -125,8 +126,44 @@ def parse_aggregate(spec: str | None, features: list[str]) -> dict[str, str] | N
 
 
 def join_tables(con: duckdb.DuckDBPyConnection, weather: Table, yields: Table, columns: Columns,
-                out_path: str, *, max_drop_fraction: float, aggregate: dict[str, str] | None = None,
-                weight_column: str | None = None, row_filter: str | None = None, check: bool = True) -> JoinResult:
+                out_path: str, **options) -> JoinResult:
+    """`_join_tables`, with a damaged input file (one DuckDB's reader rejects, though pyarrow read its footer
+    and values) reported as an InputError naming the table and file instead of a DuckDB traceback."""
+    try:
+        return _join_tables(con, weather, yields, columns, out_path, **options)
+    except (duckdb.Error, pa.ArrowException, OSError) as exc:
+        raise _as_input_error(exc, weather, yields) from None
+
+
+# DuckDB errors that are about the data it reads; others (out of memory, a full spill disk, a bug in our
+# SQL) are re-raised as they are.
+_DATA_SIGNS = ("TProtocolException", "Invalid data", "Parquet", "parquet", "Corrupt", "corrupt", "decompress",
+               "Invalid Input Error", "Conversion Error", "magic bytes", "footer")
+
+
+def _as_input_error(exc: BaseException, weather: Table, yields: Table) -> BaseException:
+    text = str(exc)
+    environment = isinstance(exc, (duckdb.OutOfMemoryException, duckdb.BinderException, duckdb.ParserException,
+                                   duckdb.CatalogException, duckdb.InternalException)) or "No space left" in text
+    if isinstance(exc, (pa.ArrowException, OSError)) and not isinstance(exc, duckdb.Error):
+        if not is_input_fault(exc):
+            return exc
+    elif environment or not (isinstance(exc, (duckdb.IOException, duckdb.InvalidInputException,
+                                              duckdb.ConversionException)) or any(s in text for s in _DATA_SIGNS)):
+        return exc
+    detail = text.strip().splitlines()[0][:300] if text.strip() else type(exc).__name__
+    for table in (weather, yields):
+        named = [f for f in table.files if f in text]
+        if named:
+            return InputError(f"The {table.describe()}: file {named[0]!r} cannot be read ({detail}): it is damaged. "
+                              "Write it again.")
+    return InputError(f"The {weather.describe()} or the {yields.describe()} cannot be read ({detail}): a file is "
+                      "damaged. Write it again.")
+
+
+def _join_tables(con: duckdb.DuckDBPyConnection, weather: Table, yields: Table, columns: Columns,
+                 out_path: str, *, max_drop_fraction: float, aggregate: dict[str, str] | None = None,
+                 weight_column: str | None = None, row_filter: str | None = None, check: bool = True) -> JoinResult:
     """Check keys are unique, join, write the joined rows to `out_path` sorted by keys, and check the drop rate.
 
     row_filter: a DuckDB condition keeping one rank's rows of both tables (`linreg.shard.sql_predicate`);

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import json
 import logging
 import os
@@ -150,7 +151,15 @@ def _boto3():
 
 def s3_client(output: str):
     """A boto3 S3 client for the store of `output` (endpoint and region from the URI's query or AWS_* variables)."""
-    query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(output).query))
+    query = urllib.parse.urlsplit(output).query
+    return _client(query, *(os.environ.get(v) for v in ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_PROFILE",
+                                                          "AWS_ACCESS_KEY_ID")))
+
+
+@functools.lru_cache(maxsize=8)
+def _client(query_string: str, *environment):
+    """One client per store (creating one costs ~0.1 s); boto3 clients are thread-safe."""
+    query = dict(urllib.parse.parse_qsl(query_string))
     kwargs = {}
     if "endpoint_override" in query:
         scheme = query.get("scheme", "https")
