@@ -18,6 +18,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import duckdb
@@ -308,3 +309,17 @@ def test_stale_s3_lock_of_a_dead_process_is_broken_and_a_live_one_is_not(s3_buck
     result = committer(output, "z", "b")
     assert result.returncode == EXIT_CONFLICT and "is committing it right now" in result.stderr
     assert check_recovered(output)["runs"]["z"][2] == {"a"}
+
+
+def test_a_staging_area_without_a_lease_is_swept_only_when_old(tmp_path):
+    """A run creating its staging area has no lease for a moment: recover() of another run must not sweep it
+    (found by the same-id race); one left without a lease by a run killed long ago is swept."""
+    output = str(tmp_path / "out")
+    fresh, old = outputs.Staging.create(output, "fresh"), outputs.Staging.create(output, "old")
+    for staging in (fresh, old):
+        os.remove(f"{staging.area}/{outputs.LEASE}")
+    long_ago = time.time() - 3 * 24 * 3600
+    for path in [old.area] + [os.path.join(d, n) for d, dirs, files in os.walk(old.area) for n in dirs + files]:
+        os.utime(path, (long_ago, long_ago))
+    assert outputs.recover(output) == [f"swept the stale staging area {old.name}"]
+    assert os.path.isdir(fresh.area) and not os.path.exists(old.area)
