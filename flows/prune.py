@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import traceback
 
 from prefect import flow
 
+from flows import cli
 from linreg import prune as retention
-from linreg.errors import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, InputError
+from linreg.errors import EXIT_BAD_INPUT, EXIT_FAILURE
 from tasks.prune_steps import prune_runs
 
 
@@ -43,17 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        plan = retention.prune(args.output, keep_last=args.keep_last, older_than_days=args.older_than_days,
-                               dry_run=args.dry_run)
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except Exception:
-        print("unexpected failure (not an input problem):\n" + traceback.format_exc(), file=sys.stderr)
-        return EXIT_FAILURE
-    print(plan.text(dry_run=args.dry_run))
-    return EXIT_OK
+    return cli.run(lambda: retention.prune(args.output, keep_last=args.keep_last,
+                                           older_than_days=args.older_than_days,
+                                           dry_run=args.dry_run).text(dry_run=args.dry_run))
 
 
 if __name__ == "__main__":

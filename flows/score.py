@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-import traceback
 
 from prefect import flow
 from prefect.runtime import flow_run
 from pydantic import ValidationError
 
+from flows import cli
 from linreg import pipeline
-from linreg.errors import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, InputError
+from linreg.errors import EXIT_BAD_INPUT, EXIT_FAILURE, InputError
 from linreg.scoring import ScoreConfig, ScoreSummary
 from tasks.score_steps import score_weather
 
@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
+
+    def action() -> str:
         try:
             config = ScoreConfig(**vars(args))
         except ValidationError as exc:
@@ -62,15 +63,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"--{'.'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}" for e in exc.errors()) + ".") from None
         if config.score_run_id is None:
             config = config.model_copy(update={"score_run_id": pipeline.new_run_id()})
-        summary = score(config)
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except Exception:
-        print("unexpected failure (not an input problem):\n" + traceback.format_exc(), file=sys.stderr)
-        return EXIT_FAILURE
-    print(summary.text())
-    return EXIT_OK
+        return score(config).text()
+
+    return cli.run(action)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import sys
-import traceback
 
 if __name__ == "__main__" and "RANK" in os.environ and "LOCAL_RANK" in os.environ:
     # A rank of `torchrun -m flows.train`: run this rank's share of the job, without Prefect (not imported).
@@ -30,9 +29,9 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
+from flows import cli
 from linreg import pipeline
 from linreg.config import TrainConfig, build_parser, config_from_args
-from linreg.errors import EXIT_FAILURE, EXIT_OK, InputError
 from tasks.dist_steps import run_job
 from tasks.train_steps import (commit_run, evaluate_model, find_unchanged_run, fit_model, join_inputs, plan_run,
                                publish_artifacts, split_rows, write_report)
@@ -86,7 +85,8 @@ def train(config: TrainConfig = TrainConfig()) -> pipeline.RunSummary:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser(description=__doc__.split("\n\n")[0])
     args = parser.parse_args(argv)
-    try:
+
+    def action() -> str | int:
         config = config_from_args(args)
         if config.nproc_per_node is not None or config.nnodes > 1:  # launch the ranks with torchrun
             from linreg import launch
@@ -95,16 +95,11 @@ def main(argv: list[str] | None = None) -> int:
         if config.run_id is None:
             config = config.model_copy(update={"run_id": pipeline.new_run_id()})
         summary = train(config)
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except Exception:
-        print("unexpected failure (not an input problem):\n" + traceback.format_exc(), file=sys.stderr)
-        return EXIT_FAILURE
-    if summary.run_id != config.run_id:
-        print(f"inputs and configuration unchanged since run {summary.run_id}: not retrained (--skip-if-unchanged)")
-    print(summary.text())
-    return EXIT_OK
+        reused = summary.run_id != config.run_id
+        return (f"inputs and configuration unchanged since run {summary.run_id}: not retrained "
+                "(--skip-if-unchanged)\n" if reused else "") + summary.text()
+
+    return cli.run(action)
 
 
 if __name__ == "__main__":
