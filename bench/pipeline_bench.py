@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import subprocess
@@ -48,7 +49,7 @@ def scan_seconds(data: Path) -> float:
     return time.perf_counter() - start
 
 
-def join_alone_seconds(data: Path, memory_limit: str) -> dict[str, float]:
+def join_alone_seconds(data: Path, memory_limit: str, polars_too: bool = True) -> dict[str, float]:
     import duckdb
 
     result = {}
@@ -63,6 +64,8 @@ def join_alone_seconds(data: Path, memory_limit: str) -> dict[str, float]:
         import polars as pl
     except ImportError:
         return result
+    if not polars_too:
+        return result
     start = time.perf_counter()
     lazy = pl.scan_parquet(f"{data}/weather/*.parquet").join(pl.scan_parquet(f"{data}/yields/*.parquet"), on=KEYS)
     for _ in lazy.collect_batches():
@@ -71,37 +74,66 @@ def join_alone_seconds(data: Path, memory_limit: str) -> dict[str, float]:
     return result
 
 
-def child(stage: str, data: str, memory_budget: str) -> dict:
+def child(data: str, memory_budget: str, trainer: str = "exact", epochs: int | None = None) -> dict:
     """One measured stage in this (child) process; returns seconds and details."""
     from linreg import pipeline
     from linreg.config import make_config
 
     config = make_config(weather=f"{data}/weather", yields=f"{data}/yields", output=f"{data}/bench-out",
-                         trainer="exact", run_id="bench", memory_budget=memory_budget)
-    timings = {}
+                         trainer=trainer, run_id="bench", memory_budget=memory_budget,
+                         **({"epochs": epochs, "tol": 0.0} if epochs else {}))
+    timings, rss = {}, {}
+
+    def peak() -> float:
+        return vm_hwm_mb()
+
     start = time.perf_counter()
     plan = pipeline.plan_run(config)
     timings["plan"] = time.perf_counter() - start
     mark = time.perf_counter()
     joined = pipeline.join_inputs(plan)
     timings["validate+join"] = time.perf_counter() - mark
+    rss["validate+join"] = peak()
     mark = time.perf_counter()
     split = pipeline.split_rows(plan, joined)
     timings["split"] = time.perf_counter() - mark
+    rss["split"] = peak()
     mark = time.perf_counter()
     fit = pipeline.fit_model(plan, joined, split)
     timings["fit"] = time.perf_counter() - mark
+    rss["fit"] = peak()
+    parquet_copy = _parquet_copy(joined.path, plan.work_dir)
     mark = time.perf_counter()
-    joined_scan = _scan_joined(joined.path)
+    joined_scan = _scan_joined(parquet_copy)
     timings["scan of joined rows"] = time.perf_counter() - mark
+    rss["baseline scans"] = peak()
+    mark = time.perf_counter()
+    _scan_joined(joined.path)
+    timings["read of joined file (IPC)"] = time.perf_counter() - mark
     mark = time.perf_counter()
     evaluation = pipeline.evaluate_model(plan, joined, split, fit)
     timings["evaluate+predictions"] = time.perf_counter() - mark
+    rss["evaluate+predictions"] = peak()
     mark = time.perf_counter()
     pipeline.commit_run(plan, joined, fit, evaluation)
     timings["commit"] = time.perf_counter() - mark
-    timings["end to end"] = time.perf_counter() - start
-    return {"timings": timings, "joined_rows": joined.joined_rows, "scanned": joined_scan}
+    rss["commit"] = peak()
+    timings["end to end"] = sum(timings[k] for k in ("plan", "validate+join", "split", "fit",
+                                                     "evaluate+predictions", "commit"))
+    return {"timings": timings, "joined_rows": joined.joined_rows, "scanned": joined_scan, "rss_mb": rss,
+            "epochs": fit.epochs, "train_rows": fit.train_rows, "streamed": bool(fit.epochs) and fit.streamed,
+            "weights": {t: [float(c) for c in fit.model.coef_[j]] + [float(fit.model.intercept_[j])]
+                        for j, t in enumerate(fit.model.targets)}}
+
+
+def vm_hwm_mb() -> float:
+    """This process's peak RSS (VmHWM: reset by exec, unlike ru_maxrss, which a child started by a big parent
+    inherits from it)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _scan_joined(path: str) -> int:
@@ -110,11 +142,29 @@ def _scan_joined(path: str) -> int:
     return sum(b.num_rows for b in read_batches(path, FEATURES + TARGETS))
 
 
-def run_child(data: Path, memory_budget: str) -> dict:
-    cmd = [sys.executable, "-m", "bench.pipeline_bench", "--child", str(data), "--memory-budget", memory_budget]
+def _parquet_copy(joined_path: str, work_dir: str) -> str:
+    """The joined rows' numeric columns as a Parquet file (snappy, no dictionary: as our outputs), for
+    the baseline "scan of the joined rows"; not timed."""
+    import pyarrow.parquet as pq
+
+    from linreg.tensors import read_batches
+
+    path = os.path.join(work_dir, "joined-baseline.parquet")
+    batches = read_batches(joined_path, FEATURES + TARGETS)
+    first = next(batches)
+    with pq.ParquetWriter(path, first.schema, compression="snappy", use_dictionary=False) as writer:
+        writer.write_batch(first)
+        for batch in batches:
+            writer.write_batch(batch)
+    return path
+
+
+def run_child(data: Path, memory_budget: str, trainer: str, epochs: int | None) -> dict:
+    cmd = [sys.executable, "-m", "bench.pipeline_bench", "--child", str(data), "--memory-budget", memory_budget,
+           "--trainer", trainer] + (["--epochs", str(epochs)] if epochs else [])
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[1])
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    result["peak_rss_mb"] = max(result["rss_mb"].values())
     return result
 
 
@@ -149,31 +199,44 @@ def main(argv=None) -> None:
     parser.add_argument("--data-dir", default="/tmp/linreg-bench")
     parser.add_argument("--memory-budget", default="2GB")
     parser.add_argument("--skip-in-memory", action="store_true", help="skip numpy/scikit-learn on the whole matrix")
+    parser.add_argument("--trainer", default="exact", choices=["exact", "nn", "manual"])
+    parser.add_argument("--epochs", type=int, help="gradient trainers: exactly this many epochs (tol 0)")
+    parser.add_argument("--skip-baselines", action="store_true", help="skip the scan and join-alone baselines")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(child("all", args.child, args.memory_budget)))
+        print(json.dumps(child(args.child, args.memory_budget, args.trainer, args.epochs)))
         return
     data, gen_seconds = ensure_data(args.rows, Path(args.data_dir))
-    scan = scan_seconds(data)
-    joins = join_alone_seconds(data, "1GB")
-    join = min(joins.values())
-    stages = run_child(data, args.memory_budget)
+    if args.skip_baselines:
+        scan, joins = math.nan, {}
+    else:
+        scan = scan_seconds(data)
+        # Polars joins in memory: at 100M rows that does not fit this machine (PERF-NOTES), so only DuckDB
+        joins = join_alone_seconds(data, "1GB", polars_too=args.rows <= 20_000_000)
+    join = min(joins.values(), default=math.nan)
+    stages = run_child(data, args.memory_budget, args.trainer, args.epochs)
     t = stages["timings"]
-    print(f"rows: {args.rows:,} yield rows, {stages['joined_rows']:,} joined; memory budget {args.memory_budget}")
+    print(f"rows: {args.rows:,} yield rows, {stages['joined_rows']:,} joined; trainer {args.trainer}; "
+          f"memory budget {args.memory_budget}")
     if gen_seconds:
         print(f"generator: {gen_seconds:.1f} s ({args.rows / gen_seconds / 1e6:.2f} M rows/s)")
-    print(f"{'measure':32s} {'seconds':>9s} {'/ scan':>8s} {'/ join alone':>13s}")
-    print(f"{'scan (5 numeric columns)':32s} {scan:9.2f} {1:8.2f} {scan / join:13.2f}")
+    print(f"{'measure':34s} {'seconds':>9s} {'/ scan':>8s} {'/ join alone':>13s}")
+    print(f"{'scan (5 numeric columns)':34s} {scan:9.2f} {1:8.2f} {scan / join:13.2f}")
     for name, seconds in joins.items():
-        print(f"{'join alone: ' + name:32s} {seconds:9.2f} {seconds / scan:8.2f} {seconds / join:13.2f}")
+        print(f"{'join alone: ' + name:34s} {seconds:9.2f} {seconds / scan:8.2f} {seconds / join:13.2f}")
     for name, seconds in t.items():
-        print(f"{'pipeline ' + name:32s} {seconds:9.2f} {seconds / scan:8.2f} {seconds / join:13.2f}")
-    print(f"fit / scan of the same joined rows: {t['fit'] / t['scan of joined rows']:.2f}x")
-    print(f"peak RSS of the pipeline process: {stages['peak_rss_mb']:.0f} MB")
+        print(f"{'pipeline ' + name:34s} {seconds:9.2f} {seconds / scan:8.2f} {seconds / join:13.2f}")
+    print(f"fit / scan of the same joined rows (Parquet): {t['fit'] / t['scan of joined rows']:.2f}x")
+    if stages["epochs"]:
+        print(f"{args.trainer}: {stages['epochs']} epoch(s) over {stages['train_rows']:,} training rows, "
+              f"{'streamed from disk' if stages['streamed'] else 'in memory'}: "
+              f"{stages['epochs'] * stages['train_rows'] / t['fit'] / 1e6:.2f} M rows/s over the fit stage")
+    print(f"peak RSS of the pipeline process: {stages['peak_rss_mb']:.0f} MB; after each stage: "
+          + ", ".join(f"{k} {v:.0f}" for k, v in stages["rss_mb"].items()))
     if not args.skip_in_memory:
         for name, seconds in in_memory_solvers(data, stages["joined_rows"]).items():
-            print(f"{'in memory: ' + name:32s} {seconds:9.2f}   fit / our fit stage: {seconds / t['fit']:.2f}")
+            print(f"{'in memory: ' + name:34s} {seconds:9.2f}   fit / our fit stage: {seconds / t['fit']:.2f}")
 
 
 if __name__ == "__main__":

@@ -14,19 +14,23 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Callable, Iterable
+
+import logging
 
 import numpy as np
 import torch
 
 from linreg import dist, ranks
 from linreg.errors import InputError
-from linreg.exact import ExactAccumulator, ExactSolution
+from linreg.exact import GRAM_MAX_CONDITION, ExactAccumulator, ExactSolution, GramAccumulator
 from linreg.inference import FitStatistics, statistics
 from linreg.model import LinearModel
 from linreg.standardize import Moments, Standardizer
 from linreg.tensors import stack_float32
 from linreg.trainers import NN_DEFAULT_BATCH, TRAINERS, auto_lr
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -65,13 +69,18 @@ class FitResult:
     lr: float | None = None
     stop_reason: str = ""
     seconds: float = 0.0
+    streamed: bool = False  # the gradient trainer re-read the rows from disk every epoch
 
 
-def fit(batches: Iterable[tuple[np.ndarray, ...]], *, trainer: str, features: list[str],
+def fit(batches: Iterable[tuple[np.ndarray, ...]] | Callable[[], Iterable[tuple[np.ndarray, ...]]], *, trainer: str, features: list[str],
         targets: list[str], options: TrainOptions = TrainOptions(), cluster: dist.Cluster | None = None,
         checkpoint=None, stream=None, memory_limit: int | None = None) -> FitResult:
     """Fit on batches of X (m, p), Y (m, k) and optionally sample weights w (m,), any float dtype (kept at
     stored precision for `exact`).
+
+    batches: an iterable (one pass: the exact solution by streaming QR), or a function returning a new
+    iterable each time it is called: then the first pass sums a Gram matrix (half the work), and a second
+    pass makes the QR only if the design is too ill-conditioned for the normal equations (`GramAccumulator`).
 
     stream, memory_limit (bytes): when the gradient trainers' float32 rows would exceed memory_limit,
     `stream(shift, scale, n_rows, mean_weight)` -> `linreg.stream.StreamedRows` re-reads the training rows
@@ -85,7 +94,8 @@ def fit(batches: Iterable[tuple[np.ndarray, ...]], *, trainer: str, features: li
     if not gradient and trainer != "exact":
         raise InputError(f"Unknown trainer {trainer!r}; choose exact, nn or manual.")
     p, k = len(features), len(targets)
-    exact = ExactAccumulator(p, k, fit_intercept=options.fit_intercept)
+    passes = batches if callable(batches) else None
+    exact = (GramAccumulator if passes else ExactAccumulator)(p, k, fit_intercept=options.fit_intercept)
     x_moments, y_moments = Moments(p), Moments(k)
     parts: list[np.ndarray] = []
     weighted = False
@@ -93,7 +103,7 @@ def fit(batches: Iterable[tuple[np.ndarray, ...]], *, trainer: str, features: li
     cluster = cluster or dist.single_process(options.device if gradient else "cpu")
     x_low, x_high = np.full(p, np.inf), np.full(p, -np.inf)  # bound the largest row norm when streaming
     held = 0
-    for X, Y, *rest in batches:
+    for X, Y, *rest in (passes() if passes else batches):
         w = rest[0] if rest else None
         weighted = weighted or w is not None
         exact.update(X, Y, w)
@@ -113,6 +123,8 @@ def fit(batches: Iterable[tuple[np.ndarray, ...]], *, trainer: str, features: li
         weighted = any(cluster.all_gather_object(weighted))
         if gradient:
             x_moments, y_moments = ranks.merge_moments(cluster, x_moments), ranks.merge_moments(cluster, y_moments)
+    if isinstance(exact, GramAccumulator):
+        exact = exact.factor() or _qr_pass(passes(), p, k, options.fit_intercept, cluster)
     if exact.n_rows == 0:
         raise InputError("No training rows are left after the holdout split" +
                          (" with a positive sample weight." if weighted else "."))
@@ -169,4 +181,14 @@ def fit(batches: Iterable[tuple[np.ndarray, ...]], *, trainer: str, features: li
                                 checkpoint=checkpoint, stream=streamed)
     coef, intercept = scaler.to_original(trained.coef, trained.intercept)
     return result(LinearModel(coef, intercept, tuple(features), tuple(targets)), losses=trained.losses,
-                  epochs=trained.epochs, lr=lr, stop_reason=trained.stop_reason)
+                  epochs=trained.epochs, lr=lr, stop_reason=trained.stop_reason, streamed=streamed is not None)
+
+
+def _qr_pass(batches, p: int, k: int, fit_intercept: bool, cluster: dist.Cluster) -> ExactAccumulator:
+    """The streaming QR of the batches (every rank's, merged), when the Gram pass is not accurate enough."""
+    log.info("the design's condition number exceeds %g: the normal equations would lose digits, so a second "
+             "pass factorizes it by QR", GRAM_MAX_CONDITION)
+    exact = ExactAccumulator(p, k, fit_intercept=fit_intercept)
+    for X, Y, *rest in batches:
+        exact.update(X, Y, rest[0] if rest else None)
+    return ranks.merge_exact(cluster, exact) if cluster.distributed else exact

@@ -1,10 +1,12 @@
-"""Join weather and yields on their keys with DuckDB, out of core, into one local Parquet file of joined rows.
+"""Join weather and yields on their keys with DuckDB, out of core, into one local Arrow IPC file of joined rows.
 
-Why DuckDB: it scans the pyarrow datasets (any filesystem pyarrow reads, only the needed columns), joins
-and sorts with a memory limit, spilling to disk beyond it, and writes Parquet in parallel. The joined
-file is then read column by column by every later pass (statistics, fit, evaluation), each as fast as a
-plain scan, instead of joining again. Rows come out sorted by the keys, so a run does not depend on how
-the inputs were split into files or ordered within them.
+Why DuckDB: it scans local Parquet natively and other filesystems through pyarrow datasets (only the
+needed columns), joins and sorts with a memory limit, spilling to disk beyond it, and hands back Arrow
+record batches. Those are checked and appended to an uncompressed Arrow IPC file in the work directory,
+which every later pass (fit, evaluation, streamed epochs) reads back at memory speed instead of joining
+again. (Writing the joined rows as Parquet instead cost more than the join itself.) For the gradient
+trainers rows come out sorted by the keys, so that a seeded run is reproducible whatever the order
+DuckDB's threads produce rows in.
 """
 
 from __future__ import annotations
@@ -13,15 +15,20 @@ import os
 from dataclasses import dataclass
 
 import duckdb
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 from linreg.errors import InputError, format_examples
 from linreg.io import Table, is_input_fault
 from linreg.schema import Columns
-from linreg.validate import MAX_EXAMPLES, example_keys
+from linreg.validate import MAX_EXAMPLES, MAX_KEY_CHARS, check_values, example_keys
 
-JOINED_ROW_GROUP = 128 * 1024
+JOINED_BATCH_ROWS = 128 * 1024  # rows per record batch of the joined file
+KEY_HASH = "__linreg_key_hash"
+REGION_INDEX = "__region_index"  # column of the joined rows: the row's region's number in JoinResult.regions_path
 
 
 @dataclass(frozen=True)
@@ -33,6 +40,7 @@ class JoinResult:
     yields_rows: int
     joined_rows: int
     weather_keys: int | None = None  # distinct weather keys after --aggregate (None: each row is a key)
+    regions_path: str | None = None  # Parquet file of the regions in both tables: region, region_index
 
     @property
     def weather_dropped(self) -> int:
@@ -163,11 +171,20 @@ def _as_input_error(exc: BaseException, weather: Table, yields: Table) -> BaseEx
 
 def _join_tables(con: duckdb.DuckDBPyConnection, weather: Table, yields: Table, columns: Columns,
                  out_path: str, *, max_drop_fraction: float, aggregate: dict[str, str] | None = None,
-                 weight_column: str | None = None, row_filter: str | None = None, check: bool = True) -> JoinResult:
-    """Check keys are unique, join, write the joined rows to `out_path` sorted by keys, and check the drop rate.
+                 weight_column: str | None = None, row_filter: str | None = None, check: bool = True,
+                 ordered: bool = True, memory_limit: int = 256 * 2**20) -> JoinResult:
+    """Check the keys, join, write the joined rows to `out_path` (Arrow IPC), and check the drop rate.
 
-    row_filter: a DuckDB condition keeping one rank's rows of both tables (`linreg.shard.sql_predicate`);
-    check=False leaves the no-rows and drop-rate checks to the caller (`check_drops` on all ranks' totals).
+    One pass: DuckDB joins (out of core) and hands back Arrow record batches, which are checked (null, NaN
+    or infinite values name their file through `linreg.validate`) and appended to the joined file; a 64-bit
+    hash of each row's key goes to a side file, whose sort finds duplicated keys (`duplicate_hashes`), and
+    only then DuckDB's exact GROUP BY names them. Key columns are checked (nulls, overlong keys) from their
+    distinct values, which also give the regions of both tables (`JoinResult.regions_path`).
+
+    ordered: rows sorted by keys (what the gradient trainers need to be reproducible; the exact solver is
+    independent of row order, so it skips the sort). row_filter: a DuckDB condition keeping one rank's
+    rows of both tables (`linreg.shard.sql_predicate`); check=False leaves the no-rows and drop-rate checks
+    to the caller (`check_drops` on all ranks' totals). memory_limit (bytes): for the duplicate check.
 
     With `aggregate` ({feature: mean|min|max|sum}) weather rows at a finer grain (several per key, e.g.
     daily) are first aggregated to the keys, streaming in DuckDB; duplicate weather keys are then expected.
@@ -180,38 +197,148 @@ def _join_tables(con: duckdb.DuckDBPyConnection, weather: Table, yields: Table, 
     else:
         register(con, "weather_rows", weather)
         register(con, "yields", yields)
+    regions = region_index(*(check_key_values(con, table, view, columns.keys, columns.region)
+                             for table, view in ((weather, "weather_rows"), (yields, "yields"))))
+    con.register("linreg_regions", regions)
     weather_keys = None
+    key_list = ", ".join(quote(k) for k in columns.keys)
     if aggregate:
-        key_list = ", ".join(quote(k) for k in columns.keys)
         aggs = ", ".join(f"{AGGREGATES[aggregate[f]]}({quote(f)}) AS {quote(f)}" for f in columns.features)
         con.execute(f"CREATE OR REPLACE TEMP VIEW weather AS SELECT {key_list}, {aggs} FROM weather_rows "
                     f"GROUP BY {key_list}")
         weather_keys = con.sql("SELECT count(*) FROM weather").fetchall()[0][0]
     else:
         con.execute("CREATE OR REPLACE TEMP VIEW weather AS SELECT * FROM weather_rows")
-        check_unique_keys(con, weather, "weather", columns.keys)
-    check_unique_keys(con, yields, "yields", columns.keys)
 
     on = " AND ".join(f"w.{quote(k)} = y.{quote(k)}" for k in columns.keys)
+    values = columns.features + columns.targets + ([weight_column] if weight_column else [])
     select = ", ".join([f"w.{quote(k)}" for k in columns.keys] + [f"w.{quote(f)}" for f in columns.features]
                        + [f"y.{quote(t)}" for t in columns.targets]
-                       + ([f"y.{quote(weight_column)}"] if weight_column else []))  # --weight-column
-    order = ", ".join(f"w.{quote(k)}" for k in columns.keys)
-    joined_rows = con.execute(
-        f"COPY (SELECT {select} FROM weather w JOIN yields y ON {on} ORDER BY {order}) "
-        f"TO '{out_path.replace(chr(39), chr(39) * 2)}' (FORMAT parquet, ROW_GROUP_SIZE {JOINED_ROW_GROUP})").fetchone()[0]
+                       + ([f"y.{quote(weight_column)}"] if weight_column else [])  # --weight-column
+                       + [f"r.{REGION_INDEX}", f"hash({', '.join(f'w.{quote(k)}' for k in columns.keys)}) AS {KEY_HASH}"])
+    order = " ORDER BY " + ", ".join(f"w.{quote(k)}" for k in columns.keys) if ordered else ""
+    reader = con.sql(f"SELECT {select} FROM weather w JOIN yields y ON {on} JOIN linreg_regions r "
+                     f"ON w.{quote(columns.region)} = r.region{order}").to_arrow_reader(JOINED_BATCH_ROWS)
+    schema = reader.schema.remove(reader.schema.get_field_index(KEY_HASH))
+    hash_path = out_path + ".keyhash"
+    joined_rows = 0
+    with pa.OSFile(out_path, "wb") as sink, pa.ipc.new_file(sink, schema) as writer, open(hash_path, "wb") as hashes:
+        for batch in reader:
+            batch.column(KEY_HASH).to_numpy().tofile(hashes)
+            batch = batch.drop_columns([KEY_HASH])
+            bad = first_bad_value(batch, values)
+            if bad is not None:
+                raise _bad_value_error(weather, yields, columns, weight_column, batch, bad)
+            writer.write_batch(batch)
+            joined_rows += batch.num_rows
+    duplicated = duplicate_hashes(hash_path, joined_rows, memory_limit)
+    os.remove(hash_path)
+    if duplicated:  # some key appears twice among the joined rows (or two keys share a hash): name them
+        if not aggregate:
+            check_unique_keys(con, weather, "weather", columns.keys)
+        check_unique_keys(con, yields, "yields", columns.keys)
+    regions_path = out_path + ".regions.parquet"
+    pq.write_table(regions, regions_path)
     if row_filter:
         counts = [con.sql(f"SELECT count(*) FROM {v}").fetchall()[0][0] for v in ("weather_rows", "yields")]
     else:
         counts = [weather.dataset.count_rows(), yields.dataset.count_rows()]
     result = JoinResult(path=out_path, weather_rows=int(counts[0]), yields_rows=int(counts[1]),
-                        joined_rows=int(joined_rows), weather_keys=weather_keys)
+                        joined_rows=int(joined_rows), weather_keys=weather_keys, regions_path=regions_path)
     if not check:
         return result
     if result.joined_rows == 0:
         raise InputError(_no_rows_message(con, weather, yields, columns.keys))
     check_drops(result, weather, yields, columns.keys, max_drop_fraction)
     return result
+
+
+def check_key_values(con: duckdb.DuckDBPyConnection, table: Table, view: str, keys: list[str],
+                     region: str) -> pa.ChunkedArray:
+    """The distinct values of each key column (cheap: key columns have few distinct values per column) show
+    null keys and overlong text keys; `linreg.validate.check_values` then names the file and rows. Returns
+    the distinct regions."""
+    regions = None
+    for key in keys:
+        values = con.sql(f"SELECT DISTINCT {quote(key)} FROM {view}").to_arrow_table().column(0)
+        if values.null_count or long_values(values):
+            check_values(table, keys, [])
+        if key == region:
+            regions = values
+    return regions
+
+
+def region_index(weather_regions: pa.ChunkedArray, yields_regions: pa.ChunkedArray) -> pa.Table:
+    """The regions in both tables, sorted, numbered 0.. (`region`, REGION_INDEX int32): every joined row
+    carries its region's number, so later passes select holdout regions and sum per-region errors by
+    array lookups instead of hashing region names again."""
+    both = weather_regions.filter(pc.is_in(weather_regions, value_set=yields_regions.combine_chunks().cast(
+        weather_regions.type)))
+    both = both.take(pc.sort_indices(both))
+    return pa.table({"region": both, REGION_INDEX: pa.array(np.arange(len(both), dtype=np.int32))})
+
+
+def long_values(values: pa.ChunkedArray) -> bool:
+    """Whether a text column holds a value longer than MAX_KEY_CHARS characters (bytes bound characters)."""
+    if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
+        return False
+    return len(values) > 0 and (pc.max(pc.binary_length(values)).as_py() or 0) > MAX_KEY_CHARS
+
+
+def first_bad_value(batch: pa.RecordBatch, columns: list[str]) -> str | None:
+    """The first of `columns` with a null, NaN or infinite value in `batch`, or None."""
+    for name in columns:
+        column = batch.column(name)
+        if column.null_count:
+            return name
+        if pa.types.is_floating(column.type) and not np.isfinite(column.to_numpy()).all():
+            return name
+    return None
+
+
+def _bad_value_error(weather: Table, yields: Table, columns: Columns, weight_column: str | None,
+                     batch: pa.RecordBatch, name: str) -> InputError:
+    """An InputError naming the file, column and keys of a bad value found among the joined rows: the
+    per-file check of the input tables names them; if the inputs are clean (an aggregate overflowed), the
+    joined rows' keys are named."""
+    check_values(weather, columns.keys, columns.features)
+    check_values(yields, columns.keys, columns.targets + ([weight_column] if weight_column else []))
+    column = batch.column(name)
+    bad = pc.invert(pc.fill_null(pc.is_finite(column), False)) if pa.types.is_floating(column.type) \
+        else pc.is_null(column)
+    examples = example_keys(batch.filter(bad), columns.keys, MAX_EXAMPLES)
+    return InputError(f"Column {name!r} is null, NaN or infinite after the join (and --aggregate) in rows with keys "
+                      f"{format_examples(examples)}, though every input value is finite: an aggregate overflowed. "
+                      "Rescale the column.")
+
+
+def duplicate_hashes(path: str, n: int, memory_limit: int) -> bool:
+    """Whether the n uint64 key hashes in the file at `path` hold a repeated value.
+
+    Sorted in memory when they fit an eighth of `memory_limit`; otherwise range by range of hash values,
+    one read of the file per range, each range sorted on its own: memory stays within the limit."""
+    share = max(memory_limit // 8, 1 << 16)
+    parts = max(1, -(-n * 8 // share))
+    if parts == 1:
+        values = np.fromfile(path, dtype=np.uint64, count=n)
+        values.sort()
+        return len(values) > 1 and bool((values[1:] == values[:-1]).any())
+    chunk_rows = max(share // 64, 1 << 13)
+    bounds = [i * 2**64 // parts for i in range(parts + 1)]
+    for low, high in zip(bounds[:-1], bounds[1:]):
+        chunks = []
+        for start in range(0, n, chunk_rows):
+            chunk = np.fromfile(path, dtype=np.uint64, count=min(chunk_rows, n - start), offset=start * 8)
+            keep = chunk >= np.uint64(low)
+            if high < 2**64:
+                keep &= chunk < np.uint64(high)
+            chunks.append(chunk[keep])
+        values = np.concatenate(chunks)
+        del chunks
+        values.sort()
+        if len(values) > 1 and (values[1:] == values[:-1]).any():
+            return True
+    return False
 
 
 def check_drops(result: JoinResult, weather: Table, yields: Table, keys: list[str], max_drop_fraction: float) -> None:

@@ -4,6 +4,9 @@
 '[rank 1] INFO ...') to a callback as it comes (the Prefect task logs them into the flow run's log), and,
 when the job fails, raises the failing rank's own error instead of torchrun's "exit code 1":
 - an InputError of any rank (bad data) is raised as an InputError (exit code 2), message unchanged;
+- a rank that hung (stopped with SIGSTOP, stuck): the others fail after --dist-timeout-seconds in their
+  next collective, torchrun stops the job, and the rank still alive SHUTDOWN_SECONDS after torchrun's
+  SIGTERM is killed (`Reaper`) and named as the hung one, with its state (stopped, stuck);
 - a rank killed by a signal (the OOM killer, SIGKILL) is named with its signal;
 - otherwise the earliest error a rank recorded (`linreg.job` writes $LINREG_ERROR_DIR/rank-<r>.json).
 After a failure the staging areas of the run's attempts are removed (snapshots stay, to resume).
@@ -26,12 +29,17 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from typing import Callable
 
 from linreg.config import TrainConfig
 from linreg.errors import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, InputError
 
 DEFAULT_RDZV_PORT = 29400
+# Grace between torchrun's SIGTERM to a rank (the job is stopping) and SIGKILL. A rank cleans up on SIGTERM
+# in well under a second; a hung (stopped, stuck) rank never does, and torchrun 2.13 waits 30 s whatever
+# its --shutdown-timeout says (its failure path ignores it), so `Reaper` kills such a rank itself.
+SHUTDOWN_SECONDS = 5
 
 
 class JobFailed(RuntimeError):
@@ -41,7 +49,8 @@ class JobFailed(RuntimeError):
 def torchrun_command(config: TrainConfig, rank_args: list[str]) -> list[str]:
     """`python -m torch.distributed.run <launcher options> <rank_args>` for the job's configuration."""
     command = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={config.nproc_per_node or 1}",
-               f"--max-restarts={config.max_restarts}", "--monitor-interval=0.5"]
+               f"--max-restarts={config.max_restarts}", "--monitor-interval=0.5",
+               f"--shutdown-timeout={SHUTDOWN_SECONDS}"]
     if config.nnodes == 1 and not config.rdzv_endpoint:
         command.append("--standalone")  # a local rendezvous on a free port
     else:
@@ -60,26 +69,76 @@ def launch(config: TrainConfig, rank_args: list[str], *, on_line: Callable[[str]
            env: dict | None = None, cwd: str | None = None) -> None:
     """Run the job to completion, streaming its lines to `on_line`; raise InputError or JobFailed on failure."""
     error_dir = tempfile.mkdtemp(prefix="linreg-errors-")
-    environment = dict(os.environ if env is None else env, LINREG_ERROR_DIR=error_dir, PYTHONUNBUFFERED="1")
+    # The ranks' temporary files (work directories, DuckDB's spill) go to a directory of the job's, removed when
+    # it ends: a rank that is killed cannot remove its own.
+    rank_tmp = tempfile.mkdtemp(prefix="linreg-job-tmp-")
+    environment = dict(os.environ if env is None else env, LINREG_ERROR_DIR=error_dir, PYTHONUNBUFFERED="1",
+                       TMPDIR=rank_tmp)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # ranks import linreg and flows
     environment["PYTHONPATH"] = os.pathsep.join(p for p in (root, environment.get("PYTHONPATH")) if p)
     tail: collections.deque[str] = collections.deque(maxlen=400)
+    reaper = None
     try:
         with subprocess.Popen(torchrun_command(config, rank_args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True, bufsize=1, env=environment, cwd=cwd) as proc:
+            reaper = Reaper(proc.pid)
             for line in proc.stdout:
                 line = line.rstrip("\n")
                 tail.append(line)
+                reaper.saw(line)
                 on_line(line)
             code = proc.wait()
+        reaper.stop()
         if code != 0:
-            raise failure(code, error_dir, list(tail))
+            raise failure(code, error_dir, list(tail), timeout=config.dist_timeout_seconds, killed=reaper.killed)
     finally:
+        if reaper is not None:
+            reaper.stop()
         shutil.rmtree(error_dir, ignore_errors=True)
+        shutil.rmtree(rank_tmp, ignore_errors=True)
 
 
-def failure(code: int, error_dir: str, tail: list[str]) -> Exception:
-    """The job's error from the ranks' error records and torchrun's failure report."""
+class Reaper:
+    """Kills a rank that is still alive SHUTDOWN_SECONDS after torchrun sent it SIGTERM ('Sending process
+    <pid> closing signal SIGTERM'): a rank stopped with SIGSTOP or stuck. Only torchrun's own children are
+    killed. `killed` maps each killed pid to its state then ('stopped', 'stuck in the kernel', 'running')."""
+
+    def __init__(self, torchrun_pid: int, grace: float = SHUTDOWN_SECONDS):
+        self.torchrun_pid, self.grace = torchrun_pid, grace
+        self.killed: dict[int, str] = {}
+        self._timers: list[threading.Timer] = []
+
+    def saw(self, line: str) -> None:
+        m = re.search(r"Sending process (\d+) closing signal SIG", line)
+        if m:
+            timer = threading.Timer(self.grace, self._kill, [int(m.group(1))])
+            timer.daemon = True
+            timer.start()
+            self._timers.append(timer)
+
+    def _kill(self, pid: int) -> None:
+        try:
+            with open(f"/proc/{pid}/stat") as f:  # "pid (comm) state ppid ...": comm may hold spaces
+                state, ppid = f.read().rsplit(")", 1)[1].split()[:2]
+        except OSError:
+            return  # gone (or no /proc): nothing to do
+        if int(ppid) != self.torchrun_pid or state in ("Z", "X"):
+            return
+        self.killed[pid] = {"T": "stopped", "t": "stopped", "D": "stuck in the kernel"}.get(state, "running")
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            self.killed.pop(pid, None)
+
+    def stop(self) -> None:
+        for timer in self._timers:
+            timer.cancel()
+
+
+def failure(code: int, error_dir: str, tail: list[str], *, timeout: float | None = None,
+            killed: dict[int, str] | None = None) -> Exception:
+    """The job's error from the ranks' error records and torchrun's failure report (`timeout`: the job's
+    --dist-timeout-seconds, named when a rank hung; `killed`: pid -> state of the ranks `Reaper` killed)."""
     records = []
     for path in glob.glob(os.path.join(error_dir, "rank-*.json")):
         with open(path) as f:
@@ -88,15 +147,34 @@ def failure(code: int, error_dir: str, tail: list[str]) -> Exception:
     inputs = [r for r in records if r["input_error"]]
     if inputs:
         return InputError(inputs[0]["message"])
+    waited = f"--dist-timeout-seconds={timeout:g}" if timeout is not None else "--dist-timeout-seconds"
+    timed_out = [r for r in records if is_timeout(r["message"])]
+    hung = unresponsive_ranks(tail, killed)
     reported = torchrun_failures(tail)
-    for rank, exitcode in reported:
-        if exitcode < 0 and -exitcode != signal.SIGTERM:
+    for rank, exitcode in reported:  # killed by a signal from outside the job: the root cause
+        if exitcode < 0 and -exitcode != signal.SIGTERM and rank not in hung:
             name = signal.Signals(-exitcode).name if -exitcode in signal.Signals._value2member_map_ else -exitcode
             then = f"; then {_describe(records[0])}" if records else ""
             return JobFailed(f"rank {rank} was killed by signal {name} (out of memory, or killed by hand); "
                              f"the job stopped and nothing was committed{then}")
+    if hung:  # alive but not answering: the others timed out waiting for it, and it ignored torchrun's SIGTERM
+        how = {"stopped": "stopped, as by SIGSTOP", "stuck in the kernel": "stuck in uninterruptible sleep",
+               "running": "running but not answering"}
+        names = " and ".join(f"rank {r} ({how.get(state, 'not answering')})" for r, state in hung.items())
+        them, they, was = ("it", "it", "was") if len(hung) == 1 else ("them", "they", "were")
+        if timed_out:
+            first = timed_out[0]
+            why = (f"rank {first['rank']} gave up waiting for {them} after {waited} ({first['type']}: "
+                   f"{_message(first)}), and ")
+        else:
+            why = f"{_describe(records[0])}, and " if records else ""
+        return JobFailed(f"{names} hung: {why}{they} did not "
+                         f"exit when the job was stopped, so {they} {was} killed after {SHUTDOWN_SECONDS} s; the job "
+                         "stopped and nothing was committed")
     if records:
-        return JobFailed(_describe(records[0]) + "; the job stopped and nothing was committed")
+        hint = (f" (another rank did not answer within {waited}: it died, hung or cannot be reached)"
+                if timed_out and timed_out[0] is records[0] else "")
+        return JobFailed(_describe(records[0]) + hint + "; the job stopped and nothing was committed")
     if reported:
         rank, exitcode = reported[0]
         return JobFailed(f"rank {rank} exited with code {exitcode}; the job stopped and nothing was committed. "
@@ -105,22 +183,46 @@ def failure(code: int, error_dir: str, tail: list[str]) -> Exception:
 
 
 def _describe(record: dict) -> str:
-    return f"rank {record['rank']} failed: {record['type']}: {record['message']}"
+    return f"rank {record['rank']} failed: {record['type']}: {_message(record)}"
+
+
+def _message(record: dict) -> str:
+    """A rank's error message without the C++ source location torch prefixes ('[/__w/.../x.cc:78] ')."""
+    return re.sub(r"^\[[^\]\s]*\.(?:cc|cpp|h|hpp):\d+\]\s*", "", record["message"])
 
 
 def torchrun_failures(lines: list[str]) -> list[tuple[int, int]]:
     """(rank, exit code) of every failure in torchrun's report ('rank : 1 (local_rank: 1)', 'exitcode : -9')."""
+    return [(rank, exitcode) for rank, exitcode, _ in torchrun_report(lines)]
+
+
+def torchrun_report(lines: list[str]) -> list[tuple[int, int, int | None]]:
+    """(rank, exit code, pid) of every failure in torchrun's report ('exitcode : -9 (pid: 4271)')."""
     found, rank = [], None
     for line in lines:
         m = re.search(r"\brank\s*:\s*(\d+)", line)
         if m:
             rank = int(m.group(1))
             continue
-        m = re.search(r"\bexitcode\s*:\s*(-?\d+)", line)
+        m = re.search(r"\bexitcode\s*:\s*(-?\d+)(?:\s*\(pid:\s*(\d+)\))?", line)
         if m and rank is not None:
-            found.append((rank, int(m.group(1))))
+            found.append((rank, int(m.group(1)), int(m.group(2)) if m.group(2) else None))
             rank = None
     return found
+
+
+def unresponsive_ranks(lines: list[str], killed: dict[int, str] | None = None) -> dict[int, str]:
+    """rank -> state ('' if unknown) of the ranks that ignored torchrun's SIGTERM and were killed: by `Reaper`
+    (`killed`: pid -> state) or by torchrun ('Unable to shutdown process 4271 via 15, forcefully exiting via
+    9'); matched by pid to torchrun's failure report."""
+    states = {int(p): "" for line in lines for p in re.findall(r"Unable to shutdown process (\d+)", line)}
+    states.update(killed or {})
+    return {rank: states[pid] for rank, _, pid in sorted(torchrun_report(lines)) if pid in states}
+
+
+def is_timeout(message: str) -> bool:
+    """A collective or store that gave up waiting for another rank (gloo, NCCL's watchdog, the TCPStore)."""
+    return re.search(r"timed?[ -]?out", message, re.IGNORECASE) is not None
 
 
 def job_run_id(config: TrainConfig) -> str:

@@ -2,8 +2,9 @@
 
 plan_run -> join_inputs -> split_rows -> fit_model -> evaluate_model -> commit_run
 (`discard` on failure). Steps pass small values (paths, counts, a few weights), never tables or tensors.
-Passes over the data: validation (one per table), the join (DuckDB, to a local joined file), then two
-scans of the joined file: one to fit, one to predict and evaluate.
+Passes over the data: the join (DuckDB, checked batch by batch into a local Arrow IPC file of joined
+rows), then scans of the joined file: one to fit (a second only when the exact solver needs its QR
+pass), one to predict and evaluate.
 """
 
 from __future__ import annotations
@@ -16,31 +17,33 @@ import secrets
 import shutil
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import torch
 
 import linreg
-from linreg import metrics, outputs, ranks, shard
+from linreg import blas, metrics, outputs, ranks, shard
 from linreg.config import TrainConfig
 from linreg.errors import InputError
 from linreg.fit import FitResult, TrainOptions, fit
 from linreg.io import BATCH_ROWS, fingerprint, open_table
 from linreg.dist import Cluster
-from linreg.join import JoinResult, check_drops, connect, join_tables, parse_aggregate, quote
-from linreg.model import LinearModel
+from linreg.join import REGION_INDEX, JoinResult, check_drops, connect, join_tables, parse_aggregate
 from linreg.progress import Progress
-from linreg.schema import SCHEMA_VERSION, Columns, metrics_schema, predictions_schema, pred_column, resolve_columns
+from linreg.schema import SCHEMA_VERSION, Columns, metrics_schema, predictions_schema, resolve_columns
 from linreg.split import Split, choose_split
 from linreg.stream import StreamedRows
 from linreg.tensors import matrix, read_batches
 from linreg.sample_weights import check_weights
 from linreg.schema import check_weight_column
-from linreg.validate import check_values
 
 log = logging.getLogger(__name__)
+SPLIT_NAMES = pa.array(["train", "holdout"])  # the predictions' split column: dictionary indices 0, 1
 
 
 def new_run_id() -> str:
@@ -121,13 +124,20 @@ def join_inputs(plan: RunPlan, cluster: Cluster | None = None) -> JoinResult:
                  len(yields.files), all_files[1], " (partitioned by region)" if y_partitioned else ", filtered by region")
         checked = (weather if w_partitioned else shard.files_to_validate(weather, rank, world),
                    yields if y_partitioned else shard.files_to_validate(yields, rank, world))
-    problem = None
-    try:
-        check_values(checked[0], columns.keys, columns.features)
-        weight = [config.weight_column] if config.weight_column else []
-        check_values(checked[1], columns.keys, columns.targets + weight)
+    problem, joined = None, None
+    try:  # values are checked on the joined rows, and their files named, by join_tables
         if config.weight_column:
             check_weights(checked[1], columns.keys, config.weight_column)
+        con = connect(plan.work_dir, plan.config.memory_budget_bytes() // 2)
+        try:
+            joined = join_tables(con, weather, yields, columns, os.path.join(plan.work_dir, "joined.arrow"),
+                                 max_drop_fraction=config.max_drop_fraction,
+                                 aggregate=parse_aggregate(config.aggregate, columns.features),
+                                 weight_column=config.weight_column,
+                                 row_filter=shard.sql_predicate(columns.region, rank, world), check=world == 1,
+                                 ordered=config.trainer != "exact", memory_limit=config.memory_budget_bytes() // 2)
+        finally:
+            con.close()
     except InputError as exc:
         if world == 1:
             raise
@@ -136,15 +146,6 @@ def join_inputs(plan: RunPlan, cluster: Cluster | None = None) -> JoinResult:
         problems = [p for p in cluster.all_gather_object(problem) if p]
         if problems:
             raise InputError(problems[0])
-    con = connect(plan.work_dir, plan.config.memory_budget_bytes() // 2)
-    try:
-        joined = join_tables(con, weather, yields, columns, os.path.join(plan.work_dir, "joined.parquet"),
-                             max_drop_fraction=config.max_drop_fraction,
-                             aggregate=parse_aggregate(config.aggregate, columns.features),
-                             weight_column=config.weight_column,
-                             row_filter=shard.sql_predicate(columns.region, rank, world), check=world == 1)
-    finally:
-        con.close()
     if world > 1:
         total = global_join(cluster, joined)
         if total.joined_rows == 0:
@@ -170,16 +171,10 @@ def global_join(cluster: Cluster | None, joined: JoinResult) -> JoinResult:
 
 
 def split_rows(plan: RunPlan, joined: JoinResult, cluster: Cluster | None = None) -> Split:
-    """Choose the holdout (whole regions, or later years) among the joined rows (of every rank: the
-    union of the ranks' regions is the single-process set, so the holdout is the same)."""
+    """Choose the holdout (whole regions, or later years) among the regions present in both tables (of
+    every rank: the union of the ranks' regions is the single-process set, so the holdout is the same)."""
     config, region = plan.config, plan.columns.region
-    con = connect(plan.work_dir, plan.config.memory_budget_bytes() // 2)
-    try:
-        path = joined.path.replace("'", "''")
-        regions = [r[0] for r in con.execute(
-            f"SELECT DISTINCT {quote(region)} FROM read_parquet('{path}') ORDER BY 1").fetchall()]
-    finally:
-        con.close()
+    regions = read_regions(joined).to_pylist()
     if cluster is not None and cluster.distributed:
         regions = sorted(set().union(*cluster.all_gather_object(regions)))
     split = choose_split(regions, region_column=region, holdout_regions=config.holdout_regions,
@@ -194,29 +189,33 @@ def fit_model(plan: RunPlan, joined: JoinResult, split: Split, cluster: Cluster 
     """Fit on the training rows of the joined file (one scan), with the configured trainer (data-parallel
     over the ranks of `cluster`; `checkpoint`: `linreg.snapshot.Snapshots` for the gradient trainers)."""
     config, columns = plan.config, plan.columns
+    lookup = split.lookup(read_regions(joined))
 
     def train_batches():
         progress = Progress("fit pass", joined.joined_rows, log)
         weight = [config.weight_column] if config.weight_column else []
-        for batch in read_batches(joined.path, columns.keys + columns.features + columns.targets + weight):
+        for batch in read_batches(joined.path, split.columns(REGION_INDEX) + columns.features + columns.targets
+                                  + weight):
             progress.advance(batch.num_rows)
             if progress.done % (64 * BATCH_ROWS) < batch.num_rows:  # about every 16M rows: still alive
                 plan.staging.renew_lease()
-            batch = batch.filter(pa.array(~split.holdout_mask(batch)))
-            yield (matrix(batch, columns.features), matrix(batch, columns.targets),
-                   *([matrix(batch, weight, np.float64)[:, 0]] if weight else []))
+            train = ~split.holdout_mask(batch, lookup, REGION_INDEX)
+            train = None if train.all() else train  # no copy when no row of the batch is held out
+            yield (matrix(batch, columns.features, rows=train), matrix(batch, columns.targets, rows=train),
+                   *([matrix(batch, weight, np.float64, rows=train)[:, 0]] if weight else []))
 
     def stream(shift, scale, n_rows, mean_weight) -> StreamedRows:
         log.info("the %d training rows exceed half the memory budget (%s): streaming them from %s every epoch",
                  n_rows, config.memory_budget, joined.path)
         return StreamedRows(path=joined.path, features=columns.features, targets=columns.targets,
-                            weight=config.weight_column, keep=lambda b: ~split.holdout_mask(b),
-                            keep_columns=columns.keys, shift=shift, scale=scale, n_rows=n_rows,
+                            weight=config.weight_column, keep=lambda b: ~split.holdout_mask(b, lookup, REGION_INDEX),
+                            keep_columns=split.columns(REGION_INDEX), shift=shift, scale=scale, n_rows=n_rows,
                             mean_weight=mean_weight, buffer_rows=max(config.memory_budget_bytes() // 64, 4096))
 
-    result = fit(train_batches(), trainer=config.trainer, features=columns.features, targets=columns.targets,
-                 options=TrainOptions.from_config(config), cluster=cluster, checkpoint=checkpoint,
-                 stream=stream, memory_limit=config.memory_budget_bytes() // 2)
+    with blas.one_thread():
+        result = fit(train_batches, trainer=config.trainer, features=columns.features, targets=columns.targets,
+                     options=TrainOptions.from_config(config), cluster=cluster, checkpoint=checkpoint,
+                     stream=stream, memory_limit=config.memory_budget_bytes() // 2)
     if result.epochs:
         log.info("%s trainer: %d epoch(s), lr %.3g, %s; %.2f s", config.trainer, result.epochs, result.lr,
                  result.stop_reason, result.seconds)
@@ -229,11 +228,13 @@ def fit_model(plan: RunPlan, joined: JoinResult, split: Split, cluster: Cluster 
 
 @dataclass
 class Evaluation:
-    """Small results of the evaluation pass: metric rows and row/region counts per split."""
+    """Small results of the evaluation pass: the metric rows over all regions (the per-region rows are
+    only in the metrics file: there may be millions), and row/region counts per split."""
 
     metrics: list[dict]
     rows: dict[str, int]
     regions: dict[str, int]
+    region_rows: int = 0
 
 
 def evaluate_model(plan: RunPlan, joined: JoinResult, split: Split, fit: FitResult,
@@ -254,48 +255,80 @@ def evaluate_model(plan: RunPlan, joined: JoinResult, split: Split, fit: FitResu
         path = os.path.join(plan.work_dir, outputs.part_file(rank))
     os.makedirs(os.path.dirname(path), exist_ok=True)
     progress = Progress("evaluation pass", joined.joined_rows, log)
-    with outputs.open_writer(path, schema, plan.metadata()) as writer:
-        for batch in read_batches(joined.path, columns.keys + columns.features + columns.targets
+    regions = read_regions(joined)
+    lookup = split.lookup(regions)
+    by_region = metrics.RegionErrors(len(regions), len(columns.targets))
+    plain = schema.remove_metadata()
+    with outputs.open_writer(path, schema, plan.metadata()) as writer, BackgroundWriter(writer) as background, \
+            blas.one_thread():
+        for batch in read_batches(joined.path, columns.keys + [REGION_INDEX] + columns.features + columns.targets
                                   + ([weight] if weight else []), batch_rows=outputs.PREDICTION_ROW_GROUP):
             progress.advance(batch.num_rows)
-            holdout = split.holdout_mask(batch)
+            holdout = split.holdout_mask(batch, lookup, REGION_INDEX)
             Y = matrix(batch, columns.targets, np.float64)
             pred = model.predict(matrix(batch, columns.features))
             w = matrix(batch, [weight], np.float64)[:, 0] if weight else None
             for name, mask in (("train", ~holdout), ("holdout", holdout)):
                 errors[name].update(Y[mask], pred[mask], None if w is None else w[mask])
-            out = {k: batch.column(k) for k in columns.keys}
-            out["split"] = pa.array(np.where(holdout, "holdout", "train"))
-            for j, target in enumerate(columns.targets):
-                out[target] = pa.array(Y[:, j])
-                out[pred_column(target)] = pa.array(pred[:, j])
+            residual = Y - pred
+            by_region.update(batch.column(REGION_INDEX).to_numpy(), holdout, residual * residual, w)
+            out = [batch.column(k).cast(plain.field(k).type) for k in columns.keys]
+            out.append(pa.DictionaryArray.from_arrays(pa.array(holdout.view(np.int8)), SPLIT_NAMES).cast(pa.string()))
+            for j in range(len(columns.targets)):
+                out += [pa.array(Y[:, j]), pa.array(pred[:, j])]
             if weight:
-                out[weight] = pa.array(w)
-            writer.write_table(pa.table(out, schema=schema.remove_metadata()).cast(schema.remove_metadata()),
-                               row_group_size=outputs.PREDICTION_ROW_GROUP)
+                out.append(pa.array(w))
+            background.write(pa.Table.from_arrays(out, schema=plain))
     if world > 1:
         errors = ranks.merge_split_errors(cluster, errors)
         if not plan.staging.is_local:
             plan.staging.upload("predictions", path, rank)
     rows = metrics.metric_rows(errors, columns.targets, optimum_rss=fit.exact.rss, stats=fit.stats)
-    con = connect(plan.work_dir, plan.config.memory_budget_bytes() // 2)
-    try:
-        region_rows = metrics.region_mse_rows(con, path, columns.region, columns.targets, weight_column=weight)
-        regions = dict(con.execute(f"SELECT split, count(DISTINCT {quote(columns.region)}) FROM "
-                                   f"read_parquet('{path}') GROUP BY split").fetchall())
-    finally:
-        con.close()
+    region_table = by_region.table(regions, columns.targets)
     if world > 1:  # a region's rows are all on one rank: its metrics are complete there
-        region_rows = sorted((r for part in cluster.all_gather_object(region_rows) for r in part),
-                             key=lambda r: (r["split"], r["region"]))
-        regions = ranks.total(cluster, regions)
-    rows += region_rows
+        region_table = pa.concat_tables(cluster.all_gather_object(region_table))
+        order = pc.sort_indices(region_table, sort_keys=[("split", "ascending"), ("region", "ascending")])
+        region_table = region_table.take(order)  # a stable sort: each region's targets keep their order
+    per_split = pc.value_counts(region_table.filter(pc.equal(region_table["target"], "all")).column("split"))
+    counts = {c["values"]: c["counts"] for c in per_split.to_pylist()}
+    evaluation = Evaluation(metrics=rows, rows={s: e.n for s, e in errors.items()}, regions=counts,
+                            region_rows=region_table.num_rows)
     if rank != 0:
-        return Evaluation(metrics=rows, rows={s: e.n for s, e in errors.items()}, regions=regions)
-    outputs.write_table(plan.staging.file("metrics"), pa.Table.from_pylist(rows, schema=metrics_schema()),
-                        plan.metadata())
+        return evaluation
+    outputs.write_table(plan.staging.file("metrics"), pa.concat_tables(
+        [pa.Table.from_pylist(rows, schema=metrics_schema()), region_table]), plan.metadata())
     outputs.write_table(plan.staging.file("weights"), model.weights_table(fit.stats), plan.metadata())
-    return Evaluation(metrics=rows, rows={s: e.n for s, e in errors.items()}, regions=regions)
+    return evaluation
+
+
+def read_regions(joined: JoinResult) -> pa.ChunkedArray:
+    """The regions of the joined rows, in the order of their numbers (`REGION_INDEX`)."""
+    return pq.read_table(joined.regions_path).column("region")
+
+
+class BackgroundWriter:
+    """Writes tables to a ParquetWriter on one background thread (encoding and compression release the
+    GIL), so that the next batch is computed meanwhile; at most two tables wait, so memory stays bounded."""
+
+    def __init__(self, writer):
+        self._writer = writer
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet-writer")
+        self._pending = []
+
+    def write(self, table: pa.Table) -> None:
+        while len(self._pending) >= 2:
+            self._pending.pop(0).result()  # re-raises a failed write here
+        self._pending.append(self._pool.submit(self._writer.write_table, table, row_group_size=table.num_rows))
+
+    def __enter__(self) -> "BackgroundWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            for future in self._pending:
+                future.result()
+        finally:
+            self._pool.shutdown(wait=True)
 
 
 @dataclass

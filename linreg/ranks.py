@@ -41,9 +41,9 @@ def merge_exact(cluster: Cluster, local: ExactAccumulator) -> ExactAccumulator:
     if not cluster.distributed:
         return local
     states = cluster.all_gather_object(local.state())
-    merged = ExactAccumulator.from_state(states[0])
+    merged = type(local).from_state(states[0])  # a GramAccumulator merges Gram matrices
     for state in states[1:]:
-        merged.merge(ExactAccumulator.from_state(state))
+        merged.merge(type(local).from_state(state))
     return merged
 
 
@@ -88,6 +88,14 @@ def step_slices(n_local: int, batch: int, n_total: int, cluster: Cluster) -> lis
                         device=cluster.comm_device)
     cluster.all_reduce_sum(rows)
     return [(edges[s], edges[s + 1], int(rows[s])) for s in range(steps)]
+
+
+def rows_generator(seed: int, rank: int):
+    """A torch.Generator for the one-time shuffle of this rank's rows (depends only on seed and rank)."""
+    import torch
+
+    state = int(np.random.SeedSequence([seed, rank, 0x5EED]).generate_state(1, dtype=np.uint64)[0] >> 1)
+    return torch.Generator().manual_seed(state)
 
 
 def epoch_generator(seed: int, epoch: int, rank: int):

@@ -24,11 +24,33 @@ class Split:
     time_column: str | None = None
     from_year: int | None = None
 
-    def holdout_mask(self, batch: pa.RecordBatch | pa.Table) -> np.ndarray:
-        """(m,) bool: True for holdout rows of `batch`."""
+    def columns(self, index_column: str | None = None) -> list[str]:
+        """The columns `holdout_mask` reads (with a region lookup: the region index column)."""
         if self.from_year is not None:
-            mask = pc.greater_equal(batch.column(self.time_column), self.from_year)
+            return [self.time_column]
+        if not self.holdout_regions:
+            return []
+        return [index_column] if index_column else [self.region_column]
+
+    def lookup(self, regions: pa.Array | pa.ChunkedArray) -> np.ndarray:
+        """(len(regions),) bool: which of the numbered `regions` are held out, for `holdout_mask`."""
+        if not self.holdout_regions:
+            return np.zeros(len(regions), dtype=bool)
+        value_set = pa.array(self.holdout_regions).cast(regions.type)
+        return pc.is_in(regions, value_set=value_set).to_numpy(zero_copy_only=False)
+
+    def holdout_mask(self, batch: pa.RecordBatch | pa.Table, lookup: np.ndarray | None = None,
+                     index_column: str | None = None) -> np.ndarray:
+        """(m,) bool: True for holdout rows of `batch`. With `lookup` (from `lookup()`), the rows' regions
+        are read as numbers from `index_column` (an array lookup, not a hash of each row's region name)."""
+        if self.from_year is not None:
+            column = batch.column(self.time_column)
+            if column.null_count == 0 and pa.types.is_integer(column.type):
+                return column.to_numpy() >= self.from_year
+            mask = pc.greater_equal(column, self.from_year)
         elif self.holdout_regions:
+            if lookup is not None:
+                return lookup[batch.column(index_column).to_numpy()]
             mask = pc.is_in(batch.column(self.region_column), value_set=pa.array(self.holdout_regions))
         else:
             return np.zeros(batch.num_rows, dtype=bool)

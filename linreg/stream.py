@@ -1,7 +1,7 @@
-"""Training rows streamed from a local Parquet file epoch by epoch, in bounded memory.
+"""Training rows streamed from a local file (the joined rows: Arrow IPC, or Parquet) epoch by epoch, in bounded memory.
 
 Used by the gradient trainers when the training rows do not fit the memory budget. Each epoch reads
-the file's row groups in an order reshuffled from (seed, epoch), keeps only the training rows, fills a
+the file's record batches (Parquet: row groups) in an order reshuffled from (seed, epoch), keeps only the training rows, fills a
 buffer of `buffer_rows` rows, shuffles the buffer and hands out standardized float32 mini-batches.
 The trade-off against the in-memory path: rows are only shuffled within a buffer (plus the row-group
 order), not globally, and every epoch pays a scan of the file (a few hundred MB/s per core).
@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from linreg.tensors import matrix
+from linreg.tensors import matrix, open_ipc
 
 
 @dataclass
@@ -47,11 +47,10 @@ class StreamedRows:
         p, k = len(self.features), len(self.targets)
         pending: list[np.ndarray] = []
         buffered = 0
-        with pq.ParquetFile(self.path) as f:
-            needed = list(dict.fromkeys(columns + self.keep_columns))
-            for group in rng.permutation(f.num_row_groups):
-                table = f.read_row_group(int(group), columns=needed)
-                for record_batch in table.to_batches():
+        needed = list(dict.fromkeys(columns + self.keep_columns))
+        with _BatchFile(self.path, needed) as f:
+            for group in rng.permutation(f.num_groups):
+                for record_batch in f.read(int(group), needed):
                     rows = self._rows(record_batch, columns, p + k)
                     if len(rows):
                         pending.append(rows)
@@ -62,8 +61,7 @@ class StreamedRows:
         yield from self._drain(pending, rng, batch, device, p, k, final=True)
 
     def _rows(self, record_batch: pa.RecordBatch, columns: list[str], width: int) -> np.ndarray:
-        record_batch = record_batch.filter(pa.array(self.keep(record_batch)))
-        rows = matrix(record_batch, columns, np.float64)
+        rows = matrix(record_batch, columns, np.float64)[self.keep(record_batch)]
         rows[:, :width] = (rows[:, :width] - self.shift) / self.scale
         return rows.astype(np.float32)
 
@@ -78,3 +76,33 @@ class StreamedRows:
             block = torch.from_numpy(rows[i:i + batch]).to(device)
             yield block[:, :p], block[:, p:p + k], (block[:, p + k] if self.weight else None)
         return rows[stop:]
+
+
+class _BatchFile:
+    """Random access to the groups of rows of an Arrow IPC file (its record batches) or a Parquet file
+    (its row groups)."""
+
+    def __init__(self, path: str, columns: list[str]):
+        self.path, self.columns = path, columns
+
+    def __enter__(self) -> "_BatchFile":
+        if self.path.endswith(".parquet"):
+            self._parquet = pq.ParquetFile(self.path)
+            self.num_groups = self._parquet.num_row_groups
+        else:
+            self._parquet = None
+            self._source = pa.OSFile(self.path)
+            self._ipc = open_ipc(self._source, self.columns)
+            self.num_groups = self._ipc.num_record_batches
+        return self
+
+    def read(self, group: int, columns: list[str]) -> list[pa.RecordBatch]:
+        if self._parquet is not None:
+            return self._parquet.read_row_group(group, columns=columns).to_batches()
+        return [self._ipc.get_batch(group).select(columns)]
+
+    def __exit__(self, *exc) -> None:
+        if self._parquet is not None:
+            self._parquet.close()
+        else:
+            self._source.close()

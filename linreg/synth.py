@@ -145,7 +145,6 @@ def _level(target: str, seed: int) -> float:
     if target in DEFAULT_INTERCEPT:
         return DEFAULT_INTERCEPT[target] + sum(c * KNOWN_FEATURES[f].mean for f, c in DEFAULT_COEF[target].items())
     return _rng(seed, _INTERCEPT, _key(target)).uniform(50, 150)
-    return coef, intercept
 
 
 @dataclass(frozen=True)

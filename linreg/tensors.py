@@ -12,23 +12,52 @@ import torch
 from linreg.io import BATCH_ROWS
 
 
-def matrix(batch: pa.RecordBatch, names: list[str], dtype=None) -> np.ndarray:
-    """(m, len(names)) matrix of the columns. dtype None keeps the stored precision (float64 if mixed)."""
+def matrix(batch: pa.RecordBatch, names: list[str], dtype=None, rows: np.ndarray | None = None) -> np.ndarray:
+    """(m, len(names)) matrix of the columns (only the `rows`, a boolean mask, if given). dtype None keeps
+    the stored precision (float64 if mixed). The result is the transpose of a C-contiguous
+    (len(names), m) array: each column is contiguous."""
     arrays = [batch.column(n).to_numpy(zero_copy_only=False) for n in names]
+    if rows is not None:
+        arrays = [arr[rows] for arr in arrays]  # compress each contiguous column: faster than rows of a matrix
     if dtype is None:
         dtype = np.result_type(*arrays) if arrays else np.float64
         if not np.issubdtype(dtype, np.floating):
             dtype = np.float64
-    out = np.empty((len(names), batch.num_rows), dtype=dtype)  # fill rows, then transpose: no strided writes
-    for i, arr in enumerate(arrays):
+    out = np.empty((len(names), len(arrays[0]) if arrays else batch.num_rows), dtype=dtype)
+    for i, arr in enumerate(arrays):  # fill rows, then transpose: no strided writes
         out[i] = arr
     return out.T
 
 
 def read_batches(path: str, columns: list[str], batch_rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
-    """Record batches of `columns` from one local Parquet file."""
-    with pq.ParquetFile(path) as f:
-        yield from f.iter_batches(batch_size=batch_rows, columns=columns)
+    """Record batches (at most `batch_rows` rows) of `columns` from one local Parquet or Arrow IPC file
+    (`.arrow`, the joined rows: read batch by batch with plain reads, not memory-mapped, so that the pages
+    read do not stay in the process's resident memory)."""
+    if path.endswith(".parquet"):
+        with pq.ParquetFile(path) as f:
+            yield from f.iter_batches(batch_size=batch_rows, columns=columns)
+        return
+    with pa.OSFile(path) as source:
+        reader = open_ipc(source, columns)
+        for i in range(reader.num_record_batches):
+            batch = reader.get_batch(i).select(columns)
+            for start in range(0, batch.num_rows, batch_rows):
+                yield batch.slice(start, batch_rows)
+
+
+def open_ipc(source, columns: list[str]) -> pa.ipc.RecordBatchFileReader:
+    """An Arrow IPC file reader that reads only the buffers of `columns` (the key strings are most of the
+    bytes of the joined rows; the fit pass needs none of them)."""
+    schema = pa.ipc.open_file(source).schema
+    fields = sorted({schema.get_field_index(c) for c in columns})
+    return pa.ipc.open_file(source, options=pa.ipc.IpcReadOptions(included_fields=fields))
+
+
+def read_joined(path: str, columns: list[str] | None = None) -> pa.Table:
+    """The whole joined file (Arrow IPC) as a table: for tests and small data."""
+    with pa.OSFile(path) as source:
+        table = pa.ipc.open_file(source).read_all()
+    return table.select(columns) if columns else table
 
 
 def stack_float32(parts: list[np.ndarray], width: int, device: torch.device) -> torch.Tensor:

@@ -2,11 +2,13 @@
 
 - `train_manual`: the from-scratch model: `w`, `b` with requires_grad, the hand-written MSE,
   `loss.backward()`, the update under `torch.no_grad()`, `grad.zero_()`. Full batch by default.
-- `train_nn`: `nn.Linear` + `F.mse_loss` + `torch.optim.SGD` over shuffled mini-batches (one row gather
-  per epoch, then contiguous slices: a per-row DataLoader is hundreds of times slower).
+- `train_nn`: `nn.Linear` + `F.mse_loss` + `torch.optim.SGD` over mini-batches: rows shuffled once,
+  contiguous batches visited in a new order every epoch (a per-row DataLoader is hundreds of times slower,
+  a per-epoch gather of every row costs more than the epoch's steps).
 
 Both share `Schedule`, the stopping rule of scikit-learn's SGD with learning_rate='adaptive': an epoch
-counts as progress when it lowers the full training loss by more than `tol` (relative); after `patience`
+counts as progress when it lowers the training loss by more than `tol` (relative: `manual` evaluates the
+full loss after the epoch; `nn` takes the mean of the epoch's batch losses, as scikit-learn); after `patience`
 epochs without progress the learning rate is divided by 5, and training stops after `max_cuts` cuts.
 The default learning rate is 1/L, L the smoothness constant of the mini-batch loss (from the largest
 eigenvalue of the design's second moments and the largest row norm, as scikit-learn's SAG picks its step).
@@ -47,6 +49,7 @@ class TrainResult:
     coef: np.ndarray
     intercept: np.ndarray
     losses: list[float] = field(default_factory=list)
+    epoch_seconds: list[float] = field(default_factory=list)  # wall time of each epoch (nn in memory)
     lr: float = 0.0
     epochs: int = 0
     stop_reason: str = ""
@@ -225,9 +228,18 @@ def train_nn(X: torch.Tensor, Y: torch.Tensor, *, lr: float, epochs: int, batch_
     torch.manual_seed(seed)
     model = nn.Linear(p, k, bias=fit_intercept).to(X.device)
     opt = torch.optim.SGD(model.parameters(), lr=lr)
-    packed = torch.cat([X, Y] if sample_weight is None else [X, Y, sample_weight[:, None]], dim=1)
+    # Rows are shuffled once (seeded by seed and rank); every epoch then visits the contiguous batches in
+    # a new order, the same on every rank ("shuffle once": a per-epoch gather of all rows cost more than
+    # the epoch's SGD steps). The epoch's loss for the stopping rule is the mean of its batch losses
+    # before each step (as scikit-learn's SGD), not another pass over the rows.
+    once = torch.randperm(n, generator=ranks.rows_generator(seed, cluster.rank)).to(X.device)
+    Xs, Ys = X.index_select(0, once), Y.index_select(0, once)  # contiguous: batches are contiguous slices
+    Ws = None if sample_weight is None else sample_weight.index_select(0, once)
     batch = max(1, min(batch_size or NN_DEFAULT_BATCH, n_total))
     steps = ranks.step_slices(n, batch, n_total, cluster)  # equal step counts on every rank
+    # step s's loss times this is its rows' share of sum w * r^2 / k (all ranks: then summed)
+    share = torch.tensor([rows * mean_weight / cluster.world_size if cluster.distributed or sample_weight is not None
+                          else hi - lo for lo, hi, rows in steps], dtype=torch.float64)
     gen = torch.Generator().manual_seed(seed)
     schedule = Schedule(lr, tol=tol, patience=patience)
     result = TrainResult(coef=np.zeros((k, p)), intercept=np.zeros(k))
@@ -240,28 +252,34 @@ def train_nn(X: torch.Tensor, Y: torch.Tensor, *, lr: float, epochs: int, batch_
 
         forward = DistributedDataParallel(model, device_ids=[X.device.index] if X.device.type == "cuda" else None)
     for epoch in range(first, epochs):
-        epoch_gen = ranks.epoch_generator(seed, epoch, cluster.rank) if cluster.distributed else gen
-        shuffled = packed.index_select(0, torch.randperm(n, generator=epoch_gen).to(X.device))
-        for lo, hi, rows in steps:
-            xb, yb = shuffled[lo:hi, :p], shuffled[lo:hi, p:p + k]
+        epoch_start = time.perf_counter()
+        order = torch.randperm(len(steps), generator=ranks.epoch_generator(seed, epoch, 0)).tolist()
+        step_losses = []  # detached loss tensors: no tensor op per step to record them
+        for s in order:
+            lo, hi, rows = steps[s]
+            xb, yb = Xs[lo:hi], Ys[lo:hi]
             # DDP averages gradients over ranks; times world_size / global step rows gives the global mean.
             if sample_weight is None and not cluster.distributed:
                 loss = F.mse_loss(forward(xb), yb)
             elif sample_weight is None:
                 loss = F.mse_loss(forward(xb), yb, reduction="sum") * (cluster.world_size / (rows * k))
             else:
-                wb = shuffled[lo:hi, p + k]
+                wb = Ws[lo:hi]
                 loss = ((wb[:, None] * (forward(xb) - yb) ** 2).sum() / (rows * mean_weight * k)
                         * cluster.world_size)
+            step_losses.append(loss.detach())
             if penalty is not None:
                 loss = loss + (penalty * model.weight ** 2).sum() / k
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        bias = model.bias.detach() if fit_intercept else torch.zeros(k, device=X.device)
-        epoch_loss = full_loss(X, Y, model.weight.detach(), bias, cluster, n_total * mean_weight * k,
-                               sample_weight=sample_weight, penalty=penalty)
+        data_loss = cluster.all_reduce_sum((torch.stack(step_losses).double().cpu() * share[order]).sum()
+                                           .to(cluster.comm_device))
+        epoch_loss = float(data_loss) / (n_total * mean_weight)
+        if penalty is not None:
+            epoch_loss += float((penalty.double() * model.weight.detach().double() ** 2).sum()) / k
         result.losses.append(epoch_loss)
+        result.epoch_seconds.append(time.perf_counter() - epoch_start)
         result.stop_reason = schedule.step(epoch_loss) or ""  # the all-reduced loss: every rank stops alike
         if result.stop_reason:
             break

@@ -69,7 +69,7 @@ def evaluate_model(plan: pipeline.RunPlan, joined: JoinResult, split: Split,
     started = time.perf_counter()
     evaluation = pipeline.evaluate_model(plan, joined, split, fit)
     log_step(plan.run_id, "evaluate", started, f"{sum(evaluation.rows.values())} rows predicted x "
-             f"{len(plan.columns.targets)} target(s), {len(evaluation.metrics)} metric rows staged")
+             f"{len(plan.columns.targets)} target(s), {len(evaluation.metrics) + evaluation.region_rows} metric rows staged")
     return evaluation
 
 

@@ -42,3 +42,19 @@ def linear_tables(directory: Path, *, rows: int = 200, regions: int = 20, featur
         write(yields_dir / f"part-{f}.parquet", region=region[chunk], year=year[chunk],
               **{name: Y[chunk, j] for j, name in enumerate(targets)})
     return str(weather_dir), str(yields_dir), W, b
+
+
+def stop_process_group(proc) -> None:
+    """SIGTERM the process group of `proc` (a subprocess.Popen started with start_new_session=True), then
+    SIGKILL it if it has not exited within 15 s."""
+    import os
+    import signal
+    import subprocess
+
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import REPO
-from tests.helpers import linear_tables, write
+from tests.helpers import linear_tables, stop_process_group, write
 
 POOL = "linreg"  # the work pool named in deployment.yaml
 RUN_TIMEOUT = 240  # seconds for a flow run to reach a final state (a run takes ~10 s: process start, imports)
@@ -89,13 +89,7 @@ def _our_processes(url: str) -> list[int]:
 
 def _stop(processes: list[subprocess.Popen], url: str) -> None:
     for proc in reversed(processes):  # the worker first, then the server
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
+        stop_process_group(proc)
     for pid in _our_processes(url):  # flow runs left behind by a failed test
         try:
             os.kill(pid, signal.SIGKILL)
@@ -195,6 +189,17 @@ def test_deployed_training_and_scoring_runs_complete_on_a_worker(stack, tmp_path
     assert scores["region"] == ["N1", "N2"] and scores["model_run_id"] == ["deployed-1"] * 2
 
 
+def _all_logs(client, log_filter) -> list[str]:
+    """Every log message of the filter, page by page (the server returns at most 200 per call, and a run
+    that waited for its concurrency slot has many worker messages before its own)."""
+    messages = []
+    while True:
+        page = client.read_logs(log_filter=log_filter, limit=200, offset=len(messages))
+        messages += [entry.message for entry in page]
+        if len(page) < 200:
+            return messages
+
+
 def test_two_runs_triggered_together_run_one_after_the_other(stack, tmp_path):
     """The training deployment's concurrency limit is 1 with collision strategy ENQUEUE: the second run
     waits in state AwaitingConcurrencySlot and starts when the first has finished; both commit."""
@@ -224,7 +229,6 @@ def test_two_runs_triggered_together_run_one_after_the_other(stack, tmp_path):
             assert run.name.startswith("train-exact-") and run_id in committed
             tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
             assert {t.name for t in tasks} >= {f"{step}-{run_id}" for step in STEPS}
-            logs = [entry.message for entry in client.read_logs(
-                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))]
+            logs = _all_logs(client, LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))
             for step in STEPS:
                 assert any(m.startswith(f"run {run_id}: {step}: ") and " s" in m for m in logs), (step, logs)

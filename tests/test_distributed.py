@@ -5,6 +5,7 @@ ranks, and the CUDA path with CUDA mocked. Every wait is bounded; no test assert
 from __future__ import annotations
 
 import datetime as dt
+import json
 import multiprocessing as mp
 import os
 import re
@@ -356,6 +357,102 @@ def test_a_killed_rank_without_restarts_fails_clearly_and_commits_nothing(tmp_pa
     for dataset in ("weights", "metrics", "predictions", "runs"):
         assert not (Path(out) / dataset).exists()
     assert [p.name for p in (Path(out) / "_staging").iterdir()] == ["killed.snapshots"]  # kept, to resume
+
+
+def _job_pids(marker: str) -> list[int]:
+    """Pids of live processes whose command line mentions `marker` (the job's unique output path)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and marker in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def test_a_stopped_rank_ends_the_launched_job_within_the_timeout(tmp_path):
+    """The command users run, `python -m flows.train --nproc-per-node 2 --dist-timeout-seconds 5`, with rank 1
+    stopped (SIGSTOP) mid-training: rank 0 times out in its collective, the launcher kills the stopped rank
+    (torchrun alone would wait 30 s more) and names it; nothing is committed, no process and no temporary
+    file is left."""
+    from linreg.launch import SHUTDOWN_SECONDS
+
+    timeout = 5
+    w, y = tables(tmp_path)
+    out = str(tmp_path / "out")
+    command = [sys.executable, "-m", "flows.train", "--weather", w, "--yields", y, "--output", out, "--trainer", "nn",
+               "--batch-size", "16", "--tol", "0", "--epochs", "200", "--snapshot-every", "1", "--nproc-per-node", "2",
+               "--run-id", "stopped", "--dist-timeout-seconds", str(timeout)]
+    logs = [open(tmp_path / name, "w+") for name in ("stdout", "stderr")]  # files: a full pipe would block ranks
+    temporary = tmp_path / "tmp"  # the job's temporary files, the killed rank's included, must be removed
+    temporary.mkdir()
+    proc = subprocess.Popen(command, cwd=REPO, env=dict(env(), TMPDIR=str(temporary)), stdout=logs[0],
+                            stderr=logs[1], text=True)
+    stopped = None
+    try:
+        snapshot = Path(out) / "_staging" / "stopped.snapshots" / "snapshot.pt"
+        deadline = time.monotonic() + 180
+        while not snapshot.exists():  # training is under way: epoch 1 is snapshotted
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "stderr").read_text()
+            time.sleep(0.1)
+        stopped = _rank_pid(out, 1)
+        os.kill(stopped, signal.SIGSTOP)
+        started = time.monotonic()
+        proc.wait(timeout=timeout + SHUTDOWN_SECONDS + 120)
+        seconds = time.monotonic() - started
+        left = _job_pids(out)
+    finally:  # never leave a stopped or running rank behind, whatever failed above
+        for pid in _job_pids(out) + ([stopped] if stopped else []):
+            for sig in (signal.SIGKILL, signal.SIGCONT):
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+        for f in logs:
+            f.close()
+    stderr = (tmp_path / "stderr").read_text()
+    print(f"the job ended {seconds:.1f} s after the SIGSTOP")
+    assert proc.returncode == 1, stderr
+    named = f"rank 1 (stopped, as by SIGSTOP) hung: rank 0 gave up waiting for it after --dist-timeout-seconds={timeout}"
+    assert named in stderr and "nothing was committed" in stderr, stderr
+    assert seconds < timeout + SHUTDOWN_SECONDS + 15, seconds  # torchrun's own 30 s grace would exceed it
+    assert left == [] and not Path(f"/proc/{stopped}").exists()
+    assert list(temporary.iterdir()) == []
+    for dataset in ("weights", "metrics", "predictions", "runs"):
+        assert not (Path(out) / dataset).exists()
+    assert [p.name for p in (Path(out) / "_staging").iterdir()] == ["stopped.snapshots"]  # kept, to resume
+
+
+def test_the_launcher_names_a_hung_rank_and_not_an_outside_kill(tmp_path):
+    """failure() from torchrun's report: a rank the launcher had to kill after SIGTERM is the hung one (the
+    timeout of the rank that waited for it is the reason); a rank killed from outside stays the root cause."""
+    from linreg import launch
+
+    report = ["W1123 ... Sending process 4271 closing signal SIGTERM", "flows.train FAILED", "Failures:", "[1]:",
+              "  rank      : 1 (local_rank: 1)", "  exitcode  : -9 (pid: 4271)", "Root Cause (first observed failure):",
+              "[0]:", "  rank      : 0 (local_rank: 0)", "  exitcode  : 1 (pid: 4270)"]
+    (tmp_path / "rank-0.json").write_text(json.dumps({
+        "rank": 0, "type": "RuntimeError", "input_error": False, "time": 1.0,
+        "message": "[/__w/pytorch/third_party/gloo/gloo/transport/tcp/unbound_buffer.cc:78] Timed out waiting 7000ms "
+                   "for recv operation to complete"}))
+    hung = str(launch.failure(1, str(tmp_path), report, timeout=7, killed={4271: "stopped"}))
+    assert hung.startswith("rank 1 (stopped, as by SIGSTOP) hung: rank 0 gave up waiting for it after "
+                           "--dist-timeout-seconds=7 (RuntimeError: Timed out waiting 7000ms"), hung
+    assert "unbound_buffer.cc" not in hung and hung.endswith("nothing was committed")
+    # torchrun's own forced kill (after its grace) names the rank the same way, without a state
+    torchrun_killed = report + ["W1123 ... Unable to shutdown process 4271 via 15, forcefully exiting via 9"]
+    assert str(launch.failure(1, str(tmp_path), torchrun_killed, timeout=7)).startswith("rank 1 (not answering) hung")
+    # the same report without a forced kill: rank 1 died from outside (OOM killer), that is the root cause
+    outside = str(launch.failure(1, str(tmp_path), report, timeout=7))
+    assert outside.startswith("rank 1 was killed by signal SIGKILL (out of memory"), outside
+    # no rank killed at all: the timed-out rank's error, with what the timeout means
+    alone = str(launch.failure(1, str(tmp_path), report[1:5] + report[6:], timeout=7))
+    assert alone.startswith("rank 0 failed: RuntimeError: Timed out") and "did not answer within " \
+        "--dist-timeout-seconds=7" in alone, alone
 
 
 def test_prefect_flow_runs_a_two_rank_job(tmp_path):

@@ -2,7 +2,6 @@
 singular designs, ridge, sample weights, and the statistics in the output datasets."""
 
 import math
-import warnings
 from fractions import Fraction
 
 import duckdb
@@ -325,10 +324,11 @@ def test_gradient_trainer_ridge_reaches_the_closed_form(trainer, weighted):
         best = ridge_objective(coef, intercept, X, Y, alpha, wts)
         got = ridge_objective(result.model.coef_, result.model.intercept_, X, Y, alpha, wts)
         assert np.all(got <= best * 1.001) and np.all(got >= best * (1 - 1e-12)), (got / best - 1)
-        # Measured against the shrinkage itself (observed: manual 1e-6, nn 2.6e-2 at most), so a penalty
-        # off by a few percent fails.
+        # Measured against the shrinkage itself (observed: manual 1e-6; nn 2.6e-2 when it stopped on the full
+        # loss, 6.3e-2 since it stops on the mean of its batch losses, as scikit-learn's SGD), so a penalty
+        # off by a factor (a wrong scaling: 50% and more) fails.
         off = np.linalg.norm(result.model.coef_ - coef) / np.linalg.norm(coef - unregularized)
-        assert off <= (1e-4 if trainer == "manual" else 0.05), off
+        assert off <= (1e-4 if trainer == "manual" else 0.1), off
 
 
 @pytest.mark.parametrize("trainer", ["exact", "manual", "nn"])

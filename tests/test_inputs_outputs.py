@@ -5,7 +5,6 @@ import re
 
 import duckdb
 import numpy as np
-import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest

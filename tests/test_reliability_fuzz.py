@@ -87,7 +87,7 @@ def check(weather_path: str, yields_path: str, work: Path) -> str:
         check_values(weather, columns.keys, columns.features)
         con = connect(str(work), 256 * 2**20)
         try:
-            join_tables(con, weather, yields, columns, str(work / "joined.parquet"), max_drop_fraction=1.0)
+            join_tables(con, weather, yields, columns, str(work / "joined.arrow"), max_drop_fraction=1.0)
         finally:
             con.close()
     except InputError:
