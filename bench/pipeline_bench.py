@@ -102,18 +102,18 @@ def child(data: str, memory_budget: str, trainer: str = "exact", epochs: int | N
     fit = pipeline.fit_model(plan, joined, split)
     timings["fit"] = time.perf_counter() - mark
     rss["fit"] = peak()
-    parquet_copy = _parquet_copy(joined.path, plan.work_dir)
-    mark = time.perf_counter()
-    joined_scan = _scan_joined(parquet_copy)
-    timings["scan of joined rows"] = time.perf_counter() - mark
-    rss["baseline scans"] = peak()
-    mark = time.perf_counter()
-    _scan_joined(joined.path)
-    timings["read of joined file (IPC)"] = time.perf_counter() - mark
     mark = time.perf_counter()
     evaluation = pipeline.evaluate_model(plan, joined, split, fit)
     timings["evaluate+predictions"] = time.perf_counter() - mark
     rss["evaluate+predictions"] = peak()
+    parquet_copy = _parquet_copy(joined.path, plan.work_dir)
+    mark = time.perf_counter()
+    joined_scan = _scan_joined(parquet_copy)
+    timings["scan of joined rows"] = time.perf_counter() - mark
+    rss["baseline scans (bench only)"] = peak()
+    mark = time.perf_counter()
+    _scan_joined(joined.path)
+    timings["read of joined file (IPC)"] = time.perf_counter() - mark
     mark = time.perf_counter()
     pipeline.commit_run(plan, joined, fit, evaluation)
     timings["commit"] = time.perf_counter() - mark
@@ -162,34 +162,57 @@ def _parquet_copy(joined_path: str, work_dir: str) -> str:
 def run_child(data: Path, memory_budget: str, trainer: str, epochs: int | None) -> dict:
     cmd = [sys.executable, "-m", "bench.pipeline_bench", "--child", str(data), "--memory-budget", memory_budget,
            "--trainer", trainer] + (["--epochs", str(epochs)] if epochs else [])
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[1])
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    if out.returncode != 0:
+        sys.exit(f"the pipeline child failed (exit {out.returncode}):\n{out.stderr[-3000:]}")
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    result["peak_rss_mb"] = max(result["rss_mb"].values())
+    result["peak_rss_mb"] = max(v for k, v in result["rss_mb"].items() if k in ("validate+join", "split", "fit",
+                                                                              "evaluate+predictions"))
     return result
 
 
-def in_memory_solvers(data: Path, joined_rows: int) -> dict[str, float]:
-    """numpy lstsq (and scikit-learn if installed) on the joined matrix: load and fit timed separately."""
+def in_memory_solvers(data: Path, joined_rows: int) -> dict[str, tuple[float, float | None]]:
+    """numpy lstsq and scikit-learn (if installed; on float64 and on float32 input) on the joined matrix,
+    and our exact fit on the same in-memory rows: {name: (seconds, largest relative coefficient error
+    against lstsq in float64)}. The load (join + matrix) is timed separately."""
     import numpy as np
     import pyarrow.dataset as ds
+
+    from linreg.fit import fit
 
     start = time.perf_counter()
     w = ds.dataset(data / "weather").to_table(columns=KEYS + FEATURES)
     y = ds.dataset(data / "yields").to_table(columns=KEYS + TARGETS)
-    table = w.join(y, KEYS)
+    table = w.join(y, KEYS, join_type="inner")
     X = np.column_stack([table.column(f).to_numpy() for f in FEATURES] + [np.ones(table.num_rows)])
-    Y = np.column_stack([table.column(t).to_numpy() for t in TARGETS])
-    result = {"load (join+matrix)": time.perf_counter() - start}
+    Y = np.column_stack([table.column(t).to_numpy() for t in TARGETS]).astype(np.float64)
+    del w, y, table
+    result = {"load (join+matrix)": (time.perf_counter() - start, None)}
     start = time.perf_counter()
-    np.linalg.lstsq(X, Y, rcond=None)
-    result["numpy lstsq fit"] = time.perf_counter() - start
+    reference = np.linalg.lstsq(X, Y, rcond=None)[0].T  # (k, p + 1): coefficients then intercept
+    result["numpy lstsq fit"] = (time.perf_counter() - start, 0.0)
+
+    def error(coef, intercept) -> float:
+        got = np.hstack([np.asarray(coef, dtype=np.float64), np.asarray(intercept, dtype=np.float64)[:, None]])
+        return float(np.max(np.abs(got - reference) / np.abs(reference)))
+
+    features = np.ascontiguousarray(X[:, :-1])
+    start = time.perf_counter()
+    block = 1 << 17
+    ours = fit(lambda: ((features[i:i + block], Y[i:i + block]) for i in range(0, len(X), block)),
+               trainer="exact", features=FEATURES, targets=TARGETS)
+    result["ours (exact, same rows in memory)"] = (time.perf_counter() - start,
+                                                   error(ours.model.coef_, ours.model.intercept_))
     try:
         from sklearn.linear_model import LinearRegression
     except ImportError:
         return result
-    start = time.perf_counter()
-    LinearRegression().fit(X[:, :-1], Y)
-    result["scikit-learn fit"] = time.perf_counter() - start
+    for name, dtype in (("scikit-learn fit (float64)", np.float64), ("scikit-learn fit (float32)", np.float32)):
+        Xd, Yd = features.astype(dtype), Y.astype(dtype)
+        start = time.perf_counter()
+        model = LinearRegression().fit(Xd, Yd)
+        result[name] = (time.perf_counter() - start, error(model.coef_, model.intercept_))
+        del Xd, Yd
     return result
 
 
@@ -235,8 +258,9 @@ def main(argv=None) -> None:
     print(f"peak RSS of the pipeline process: {stages['peak_rss_mb']:.0f} MB; after each stage: "
           + ", ".join(f"{k} {v:.0f}" for k, v in stages["rss_mb"].items()))
     if not args.skip_in_memory:
-        for name, seconds in in_memory_solvers(data, stages["joined_rows"]).items():
-            print(f"{'in memory: ' + name:34s} {seconds:9.2f}   fit / our fit stage: {seconds / t['fit']:.2f}")
+        for name, (seconds, err) in in_memory_solvers(data, stages["joined_rows"]).items():
+            accuracy = "" if err is None else f"   largest coefficient error vs lstsq: {err:.1e}"
+            print(f"{'in memory: ' + name:40s} {seconds:8.2f}   / our fit stage: {seconds / t['fit']:6.2f}{accuracy}")
 
 
 if __name__ == "__main__":

@@ -62,10 +62,13 @@ def connect(work_dir: str, memory_limit_bytes: int) -> duckdb.DuckDBPyConnection
     below that DuckDB cannot join and sort even when spilling)."""
     spill = os.path.join(work_dir, "duckdb-spill")
     os.makedirs(spill, exist_ok=True)
+    limit_mb = max(memory_limit_bytes // 2**20, 128)
     return duckdb.connect(config={
-        "memory_limit": f"{max(memory_limit_bytes // 2**20, 128)}MB",
+        "memory_limit": f"{limit_mb}MB",
         "temp_directory": spill,
-        "threads": max(os.cpu_count() or 1, 1),
+        # each thread of a sort or join pins its own blocks: at 128MB two threads ran out of memory sorting
+        # 10M joined rows even when spilling, one did not
+        "threads": max(1, min(os.cpu_count() or 1, limit_mb // 128)),
         "preserve_insertion_order": False,  # the join orders its output explicitly; this lets DuckDB spill more
     })
 
@@ -216,7 +219,10 @@ def _join_tables(con: duckdb.DuckDBPyConnection, weather: Table, yields: Table, 
                        + [f"y.{quote(t)}" for t in columns.targets]
                        + ([f"y.{quote(weight_column)}"] if weight_column else [])  # --weight-column
                        + [f"r.{REGION_INDEX}", f"hash({', '.join(f'w.{quote(k)}' for k in columns.keys)}) AS {KEY_HASH}"])
-    order = " ORDER BY " + ", ".join(f"w.{quote(k)}" for k in columns.keys) if ordered else ""
+    # sorted by region number (the regions' sort order), then the other keys: an integer sort key is
+    # cheaper to sort, and to spill, than the region's text
+    order = " ORDER BY " + ", ".join([f"r.{REGION_INDEX}"] + [f"w.{quote(k)}" for k in columns.keys
+                                                               if k != columns.region]) if ordered else ""
     reader = con.sql(f"SELECT {select} FROM weather w JOIN yields y ON {on} JOIN linreg_regions r "
                      f"ON w.{quote(columns.region)} = r.region{order}").to_arrow_reader(JOINED_BATCH_ROWS)
     schema = reader.schema.remove(reader.schema.get_field_index(KEY_HASH))

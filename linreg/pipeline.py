@@ -210,7 +210,8 @@ def fit_model(plan: RunPlan, joined: JoinResult, split: Split, cluster: Cluster 
         return StreamedRows(path=joined.path, features=columns.features, targets=columns.targets,
                             weight=config.weight_column, keep=lambda b: ~split.holdout_mask(b, lookup, REGION_INDEX),
                             keep_columns=split.columns(REGION_INDEX), shift=shift, scale=scale, n_rows=n_rows,
-                            mean_weight=mean_weight, buffer_rows=max(config.memory_budget_bytes() // 64, 4096))
+                            mean_weight=mean_weight, buffer_rows=stream_buffer_rows(config.memory_budget_bytes(),
+                                                                                    len(columns.features + columns.targets) + 1))
 
     with blas.one_thread():
         result = fit(train_batches, trainer=config.trainer, features=columns.features, targets=columns.targets,
@@ -224,6 +225,12 @@ def fit_model(plan: RunPlan, joined: JoinResult, split: Split, cluster: Cluster 
         log.warning("singular design (rank %d): minimum-norm solution; aliased terms without statistics: %s",
                     result.exact.rank, ", ".join((columns.features + ["intercept"])[j] for j in np.flatnonzero(aliased)))
     return result
+
+
+def stream_buffer_rows(budget_bytes: int, width: int) -> int:
+    """Rows of the shuffle buffer of streamed epochs: an eighth of the budget, counting the three copies the
+    buffer is in at its peak (the blocks, their concatenation, the shuffled rows), float32 x `width`."""
+    return max(budget_bytes // 8 // (3 * 4 * width), 4096)
 
 
 @dataclass

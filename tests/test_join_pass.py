@@ -95,3 +95,27 @@ def test_region_errors_of_integer_regions_are_named_as_text_and_sorted_by_name()
         ("train", "100", "y", 4.0), ("train", "100", "all", 4.0),
         ("train", "20", "y", 2.0), ("train", "20", "all", 2.0)]
     assert RegionErrors(3, 2).table(pa.array(["a", "b", "c"]), ["u", "v"]).num_rows == 0
+
+
+def test_background_writer_writes_in_order_and_raises_a_failed_write():
+    from linreg.pipeline import BackgroundWriter
+
+    class Writer:
+        def __init__(self, fail_at=None):
+            self.written, self.fail_at = [], fail_at
+
+        def write_table(self, table, row_group_size=None):
+            if len(self.written) == self.fail_at:
+                raise OSError("disk full")
+            self.written.append(table.column("i").to_pylist())
+
+    tables = [pa.table({"i": [n, n]}) for n in range(7)]
+    ok = Writer()
+    with BackgroundWriter(ok) as background:
+        for table in tables:
+            background.write(table)
+    assert ok.written == [[n, n] for n in range(7)]
+    with pytest.raises(OSError, match="disk full"):
+        with BackgroundWriter(Writer(fail_at=3)) as background:
+            for table in tables:
+                background.write(table)
