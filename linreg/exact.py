@@ -172,17 +172,26 @@ class ExactAccumulator:
             raise ValueError("Cannot merge accumulators with different n_features, n_targets or fit_intercept.")
         if other._n_rows == 0:
             return
-        R_other = other._R
+        summary = other._R
         if self.fit_intercept:
             if self._shift is None:
                 self._shift = other._shift.copy()
             else:
-                # Other's rows are [1, Z - s_other] * sqrt(w). Shifting by s instead adds
-                # (s_other - s) times the ones column, i.e. R_other @ (I + e_0 d^T).
-                R_other = R_other.copy()
-                R_other[:, 1:] += np.outer(R_other[:, 0], other._shift - self._shift)
-        self._R = np.linalg.qr(np.vstack([self._R, R_other]), mode="r")
+                summary = self._reshift(summary, other._shift - self._shift)
+        self._add(summary)
         self._n_rows += other._n_rows
+
+    @staticmethod
+    def _reshift(R: np.ndarray, d: np.ndarray) -> np.ndarray:
+        """The factor of rows [1, Z - s_other] * sqrt(w) shifted by s = s_other - d instead: that adds d times
+        the ones column, i.e. R @ (I + e_0 d^T)."""
+        R = R.copy()
+        R[:, 1:] += np.outer(R[:, 0], d)
+        return R
+
+    def _add(self, R_other: np.ndarray) -> None:
+        """Stack another factor (at this shift) under this one."""
+        self._R = np.linalg.qr(np.vstack([self._R, R_other]), mode="r")
 
     def state(self) -> np.ndarray:
         """Flat float64 array [p, k, fit_intercept, n_rows, has_shift, shift (p+k), R (n*n)].
@@ -353,19 +362,16 @@ class GramAccumulator(ExactAccumulator):
                 G[i, j] = G[j, i] = At[i] @ At[j]
         self._R += G  # the Gram matrix, kept where the QR accumulator keeps R
 
-    def merge(self, other: "GramAccumulator") -> None:
-        if other._n_rows == 0:
-            return
-        G_other = other._R
-        if self.fit_intercept:
-            if self._shift is None:
-                self._shift = other._shift.copy()
-            else:  # the other's rows times T = I + e_0 d^T (d = s_other - s) are this shift's rows
-                T = np.eye(len(G_other))
-                T[0, 1:] = other._shift - self._shift
-                G_other = T.T @ G_other @ T
+    @staticmethod
+    def _reshift(G: np.ndarray, d: np.ndarray) -> np.ndarray:
+        """The Gram matrix of rows [1, Z - s_other] * sqrt(w) shifted by s = s_other - d instead:
+        T^T G T with T = I + e_0 d^T."""
+        T = np.eye(len(G))
+        T[0, 1:] = d
+        return T.T @ G @ T
+
+    def _add(self, G_other: np.ndarray) -> None:
         self._R = self._R + G_other
-        self._n_rows += other._n_rows
 
     def factor(self) -> ExactAccumulator | None:
         """The equivalent QR accumulator when the normal equations are accurate enough, else None."""

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from linreg.errors import InputError, format_examples
 from linreg.io import Table, is_input_fault
 from linreg.schema import Columns
-from linreg.validate import MAX_EXAMPLES, MAX_KEY_CHARS, check_values, example_keys
+from linreg.validate import MAX_EXAMPLES, MAX_KEY_CHARS, bad_mask, check_values, example_keys
 
 JOINED_BATCH_ROWS = 128 * 1024  # rows per record batch of the joined file
 KEY_HASH = "__linreg_key_hash"
@@ -293,13 +293,7 @@ def long_values(values: pa.ChunkedArray) -> bool:
 
 def first_bad_value(batch: pa.RecordBatch, columns: list[str]) -> str | None:
     """The first of `columns` with a null, NaN or infinite value in `batch`, or None."""
-    for name in columns:
-        column = batch.column(name)
-        if column.null_count:
-            return name
-        if pa.types.is_floating(column.type) and not np.isfinite(column.to_numpy()).all():
-            return name
-    return None
+    return next((name for name in columns if bad_mask(batch.column(name), is_key=False) is not None), None)
 
 
 def _bad_value_error(weather: Table, yields: Table, columns: Columns, weight_column: str | None,
@@ -309,10 +303,7 @@ def _bad_value_error(weather: Table, yields: Table, columns: Columns, weight_col
     joined rows' keys are named."""
     check_values(weather, columns.keys, columns.features)
     check_values(yields, columns.keys, columns.targets + ([weight_column] if weight_column else []))
-    column = batch.column(name)
-    bad = pc.invert(pc.fill_null(pc.is_finite(column), False)) if pa.types.is_floating(column.type) \
-        else pc.is_null(column)
-    examples = example_keys(batch.filter(bad), columns.keys, MAX_EXAMPLES)
+    examples = example_keys(batch.filter(bad_mask(batch.column(name), is_key=False)), columns.keys, MAX_EXAMPLES)
     return InputError(f"Column {name!r} is null, NaN or infinite after the join (and --aggregate) in rows with keys "
                       f"{format_examples(examples)}, though every input value is finite: an aggregate overflowed. "
                       "Rescale the column.")

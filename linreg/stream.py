@@ -14,10 +14,9 @@ from typing import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
-from linreg.tensors import matrix, open_ipc
+from linreg.tensors import GroupedFile, matrix
 
 
 @dataclass
@@ -48,9 +47,9 @@ class StreamedRows:
         pending: list[np.ndarray] = []
         buffered = 0
         needed = list(dict.fromkeys(columns + self.keep_columns))
-        with _BatchFile(self.path, needed) as f:
+        with GroupedFile(self.path, needed) as f:
             for group in rng.permutation(f.num_groups):
-                for record_batch in f.read(int(group), needed):
+                for record_batch in f.read(int(group)):
                     rows = self._rows(record_batch, columns, p + k)
                     if len(rows):
                         pending.append(rows)
@@ -76,33 +75,3 @@ class StreamedRows:
             block = torch.from_numpy(rows[i:i + batch]).to(device)
             yield block[:, :p], block[:, p:p + k], (block[:, p + k] if self.weight else None)
         return rows[stop:]
-
-
-class _BatchFile:
-    """Random access to the groups of rows of an Arrow IPC file (its record batches) or a Parquet file
-    (its row groups)."""
-
-    def __init__(self, path: str, columns: list[str]):
-        self.path, self.columns = path, columns
-
-    def __enter__(self) -> "_BatchFile":
-        if self.path.endswith(".parquet"):
-            self._parquet = pq.ParquetFile(self.path)
-            self.num_groups = self._parquet.num_row_groups
-        else:
-            self._parquet = None
-            self._source = pa.OSFile(self.path)
-            self._ipc = open_ipc(self._source, self.columns)
-            self.num_groups = self._ipc.num_record_batches
-        return self
-
-    def read(self, group: int, columns: list[str]) -> list[pa.RecordBatch]:
-        if self._parquet is not None:
-            return self._parquet.read_row_group(group, columns=columns).to_batches()
-        return [self._ipc.get_batch(group).select(columns)]
-
-    def __exit__(self, *exc) -> None:
-        if self._parquet is not None:
-            self._parquet.close()
-        else:
-            self._source.close()

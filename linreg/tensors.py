@@ -30,27 +30,50 @@ def matrix(batch: pa.RecordBatch, names: list[str], dtype=None, rows: np.ndarray
 
 
 def read_batches(path: str, columns: list[str], batch_rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
-    """Record batches (at most `batch_rows` rows) of `columns` from one local Parquet or Arrow IPC file
-    (`.arrow`, the joined rows: read batch by batch with plain reads, not memory-mapped, so that the pages
-    read do not stay in the process's resident memory)."""
-    if path.endswith(".parquet"):
-        with pq.ParquetFile(path) as f:
-            yield from f.iter_batches(batch_size=batch_rows, columns=columns)
-        return
-    with pa.OSFile(path) as source:
-        reader = open_ipc(source, columns)
-        for i in range(reader.num_record_batches):
-            batch = reader.get_batch(i).select(columns)
-            for start in range(0, batch.num_rows, batch_rows):
-                yield batch.slice(start, batch_rows)
+    """Record batches (at most `batch_rows` rows) of `columns` from one local Parquet or Arrow IPC file, in
+    file order."""
+    with GroupedFile(path, columns) as f:
+        for group in range(f.num_groups):
+            for batch in f.read(group):
+                for start in range(0, batch.num_rows, batch_rows):
+                    yield batch.slice(start, batch_rows)
 
 
-def open_ipc(source, columns: list[str]) -> pa.ipc.RecordBatchFileReader:
-    """An Arrow IPC file reader that reads only the buffers of `columns` (the key strings are most of the
-    bytes of the joined rows; the fit pass needs none of them)."""
-    schema = pa.ipc.open_file(source).schema
-    fields = sorted({schema.get_field_index(c) for c in columns})
-    return pa.ipc.open_file(source, options=pa.ipc.IpcReadOptions(included_fields=fields))
+class GroupedFile:
+    """Random access to the groups of rows of a local file: an Arrow IPC file's record batches (`.arrow`,
+    the joined rows), or a Parquet file's row groups; only `columns` are read.
+
+    IPC files are read with plain reads, not memory-mapped (so that the pages read do not stay in the
+    process's resident memory), and only the buffers of `columns` (the key strings are most of the bytes
+    of the joined rows; the fit pass needs none of them)."""
+
+    def __init__(self, path: str, columns: list[str]):
+        self.path, self.columns = path, columns
+
+    def __enter__(self) -> "GroupedFile":
+        if self.path.endswith(".parquet"):
+            self._parquet = pq.ParquetFile(self.path)
+            self.num_groups = self._parquet.num_row_groups
+        else:
+            self._parquet = None
+            self._source = pa.OSFile(self.path)
+            schema = pa.ipc.open_file(self._source).schema
+            fields = sorted({schema.get_field_index(c) for c in self.columns})
+            self._ipc = pa.ipc.open_file(self._source, options=pa.ipc.IpcReadOptions(included_fields=fields))
+            self.num_groups = self._ipc.num_record_batches
+        return self
+
+    def read(self, group: int) -> list[pa.RecordBatch]:
+        """The record batches of group `group`, with `columns` in that order."""
+        if self._parquet is not None:
+            return self._parquet.read_row_group(group, columns=self.columns).to_batches()
+        return [self._ipc.get_batch(group).select(self.columns)]
+
+    def __exit__(self, *exc) -> None:
+        if self._parquet is not None:
+            self._parquet.close()
+        else:
+            self._source.close()
 
 
 def read_joined(path: str, columns: list[str] | None = None) -> pa.Table:

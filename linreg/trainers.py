@@ -238,8 +238,8 @@ def train_nn(X: torch.Tensor, Y: torch.Tensor, *, lr: float, epochs: int, batch_
     batch = max(1, min(batch_size or NN_DEFAULT_BATCH, n_total))
     steps = ranks.step_slices(n, batch, n_total, cluster)  # equal step counts on every rank
     # step s's loss times this is its rows' share of sum w * r^2 / k (all ranks: then summed)
-    share = torch.tensor([rows * mean_weight / cluster.world_size if cluster.distributed or sample_weight is not None
-                          else hi - lo for lo, hi, rows in steps], dtype=torch.float64)
+    # (one process: rows = hi - lo, mean_weight 1 without weights, world_size 1)
+    share = torch.tensor([rows * mean_weight / cluster.world_size for _, _, rows in steps], dtype=torch.float64)
     gen = torch.Generator().manual_seed(seed)
     schedule = Schedule(lr, tol=tol, patience=patience)
     result = TrainResult(coef=np.zeros((k, p)), intercept=np.zeros(k))

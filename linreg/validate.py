@@ -64,7 +64,7 @@ def _check_file(table: Table, fragment, keys: list[str], values: list[str], rows
         for name in keys + values:
             if problem and problem["column"] != name:
                 continue
-            bad = _bad_mask(batch.column(name), is_key=name in keys)
+            bad = bad_mask(batch.column(name), is_key=name in keys)
             long = False
             if bad is None and name in keys:
                 bad = _long_mask(batch.column(name))
@@ -95,7 +95,7 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
-def _bad_mask(column: pa.Array, *, is_key: bool) -> pa.Array | None:
+def bad_mask(column: pa.Array, *, is_key: bool) -> pa.Array | None:
     """Boolean mask of rows at fault, or None when the column is clean."""
     nulls = column.null_count > 0
     if is_key or not pa.types.is_floating(column.type):
