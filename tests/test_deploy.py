@@ -200,6 +200,10 @@ def _all_logs(client, log_filter) -> list[str]:
             return messages
 
 
+def _has_step_logs(logs: list[str], run_id: str) -> bool:
+    return all(any(m.startswith(f"run {run_id}: {step}: ") for m in logs) for step in STEPS)
+
+
 def test_two_runs_triggered_together_run_one_after_the_other(stack, tmp_path):
     """The training deployment's concurrency limit is 1 with collision strategy ENQUEUE: the second run
     waits in state AwaitingConcurrencySlot and starts when the first has finished; both commit."""
@@ -229,6 +233,11 @@ def test_two_runs_triggered_together_run_one_after_the_other(stack, tmp_path):
             assert run.name.startswith("train-exact-") and run_id in committed
             tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
             assert {t.name for t in tasks} >= {f"{step}-{run_id}" for step in STEPS}
-            logs = _all_logs(client, LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))
+            log_filter = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id]))
+            logs = _all_logs(client, log_filter)
+            deadline = time.monotonic() + 30  # a run's last log batch may reach the server after its final state
+            while not _has_step_logs(logs, run_id) and time.monotonic() < deadline:
+                time.sleep(1)
+                logs = _all_logs(client, log_filter)
             for step in STEPS:
                 assert any(m.startswith(f"run {run_id}: {step}: ") and " s" in m for m in logs), (step, logs)
