@@ -58,3 +58,25 @@ def stop_process_group(proc) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
+
+
+def flow_run_logs(client, flow_run_id, until=lambda messages: True, timeout: float = 30.0) -> list[str]:
+    """Every log message of a flow run, read page by page (the server returns at most 200 per call).
+    A run's last log batch can reach the server after its final state, so this re-reads for up to
+    `timeout` seconds until `until(messages)` holds, and returns what it has then."""
+    import time
+
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    log_filter = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))
+    deadline = time.monotonic() + timeout
+    while True:
+        messages = []
+        while True:
+            page = client.read_logs(log_filter=log_filter, limit=200, offset=len(messages))
+            messages += [entry.message for entry in page]
+            if len(page) < 200:
+                break
+        if until(messages) or time.monotonic() > deadline:
+            return messages
+        time.sleep(0.5)

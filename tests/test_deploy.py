@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import REPO
-from tests.helpers import linear_tables, stop_process_group, write
+from tests.helpers import flow_run_logs, linear_tables, stop_process_group, write
 
 POOL = "linreg"  # the work pool named in deployment.yaml
 RUN_TIMEOUT = 240  # seconds for a flow run to reach a final state (a run takes ~10 s: process start, imports)
@@ -189,17 +189,6 @@ def test_deployed_training_and_scoring_runs_complete_on_a_worker(stack, tmp_path
     assert scores["region"] == ["N1", "N2"] and scores["model_run_id"] == ["deployed-1"] * 2
 
 
-def _all_logs(client, log_filter) -> list[str]:
-    """Every log message of the filter, page by page (the server returns at most 200 per call, and a run
-    that waited for its concurrency slot has many worker messages before its own)."""
-    messages = []
-    while True:
-        page = client.read_logs(log_filter=log_filter, limit=200, offset=len(messages))
-        messages += [entry.message for entry in page]
-        if len(page) < 200:
-            return messages
-
-
 def _has_step_logs(logs: list[str], run_id: str) -> bool:
     return all(any(m.startswith(f"run {run_id}: {step}: ") for m in logs) for step in STEPS)
 
@@ -222,7 +211,7 @@ def test_two_runs_triggered_together_run_one_after_the_other(stack, tmp_path):
     first, second = sorted(runs, key=lambda r: r.start_time)
     assert first.end_time <= second.start_time  # never both running
     with stack.client() as client:
-        from prefect.client.schemas.filters import (FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId)
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
         waited = [s.name for s in client.read_flow_run_states(second.id)]
         assert "AwaitingConcurrencySlot" in waited, waited
@@ -233,11 +222,6 @@ def test_two_runs_triggered_together_run_one_after_the_other(stack, tmp_path):
             assert run.name.startswith("train-exact-") and run_id in committed
             tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
             assert {t.name for t in tasks} >= {f"{step}-{run_id}" for step in STEPS}
-            log_filter = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id]))
-            logs = _all_logs(client, log_filter)
-            deadline = time.monotonic() + 30  # a run's last log batch may reach the server after its final state
-            while not _has_step_logs(logs, run_id) and time.monotonic() < deadline:
-                time.sleep(1)
-                logs = _all_logs(client, log_filter)
+            logs = flow_run_logs(client, run.id, until=lambda m: _has_step_logs(m, run_id))
             for step in STEPS:
                 assert any(m.startswith(f"run {run_id}: {step}: ") and " s" in m for m in logs), (step, logs)

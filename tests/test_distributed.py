@@ -28,7 +28,7 @@ from linreg import dist, shard
 from linreg.dist import Cluster
 from linreg.fit import TrainOptions, fit
 from tests.conftest import REPO
-from tests.helpers import write
+from tests.helpers import flow_run_logs, write
 
 FEATURES, TARGETS = ["temp", "rainfall", "humidity"], ["apples", "oranges"]
 
@@ -472,10 +472,10 @@ def test_prefect_flow_runs_a_two_rank_job(tmp_path):
         with get_client(sync_client=True) as client:
             tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(
                 any_=[state.state_details.flow_run_id])))
-            logs = client.read_logs()
+            messages = flow_run_logs(client, state.state_details.flow_run_id, until=lambda m: all(
+                any(x.startswith(f"[rank {r}]") for x in m) for r in (0, 1)))
     names = {t.name.rsplit("-flow-dist", 1)[0] for t in tasks}
     assert {"plan", "train-job", "commit"} <= names and "validate-and-join" not in names
     assert read(out, "runs", "flow-dist").num_rows == 1
     assert len(list((Path(out) / "predictions" / "run_id=flow-dist").iterdir())) == 2
-    messages = [log.message for log in logs]
     assert any(m.startswith("[rank 0]") for m in messages) and any(m.startswith("[rank 1]") for m in messages)

@@ -10,8 +10,7 @@ import matplotlib.image as mpimg
 import pyarrow.parquet as pq
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterId,
-                                            LogFilter, LogFilterFlowRunId)
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterId
 from prefect.testing.utilities import prefect_test_harness
 
 from flows.train import main as train_main
@@ -19,7 +18,7 @@ from flows.train import train
 from linreg import outputs, report
 from linreg.config import make_config
 from linreg.errors import InputError, TransientIOError, is_transient
-from tests.helpers import linear_tables, write
+from tests.helpers import flow_run_logs, linear_tables, write
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +92,11 @@ def test_artifacts_hold_the_metrics_table_and_the_summary(nn_run):
     assert f"(file://{out}/reports/run_id=pictured/report.png)" in summary  # the link to the report
 
 
+def _has_step_lines(messages):
+    return (any(m.startswith("run pictured: validate-and-join: ") for m in messages)
+            and any(m.startswith("run pictured: train: nn on ") for m in messages))
+
+
 def test_runs_and_progress_lines_carry_the_run_id(nn_run):
     out, state = nn_run
     flow_run_id = state.state_details.flow_run_id
@@ -101,8 +105,7 @@ def test_runs_and_progress_lines_carry_the_run_id(nn_run):
     assert set(tasks) == {f"{s}-pictured" for s in steps}
     with get_client(sync_client=True) as client:
         assert client.read_flow_run(flow_run_id).name == "train-nn-pictured"
-        logs = [e.message for e in client.read_logs(log_filter=LogFilter(
-            flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))]
+        logs = flow_run_logs(client, flow_run_id, until=lambda messages: _has_step_lines(messages))
     joined = next(m for m in logs if m.startswith("run pictured: validate-and-join: "))
     assert "400 joined rows x 7 columns" in joined and joined.endswith(" s")
     assert any(m.startswith("run pictured: train: nn on ") and "epoch(s)" in m for m in logs)
