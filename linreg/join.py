@@ -11,7 +11,10 @@ DuckDB's threads produce rows in.
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
+import time
 from dataclasses import dataclass
 
 import duckdb
@@ -28,6 +31,8 @@ from linreg.validate import MAX_EXAMPLES, MAX_KEY_CHARS, bad_mask, check_values,
 
 JOINED_BATCH_ROWS = 128 * 1024  # rows per record batch of the joined file
 KEY_HASH = "__linreg_key_hash"
+log = logging.getLogger(__name__)
+MIN_DUCKDB_MEMORY = 128 * 2**20  # below it DuckDB cannot join and sort, even when spilling
 REGION_INDEX = "__region_index"  # column of the joined rows: the row's region's number in JoinResult.regions_path
 
 
@@ -62,7 +67,7 @@ def connect(work_dir: str, memory_limit_bytes: int) -> duckdb.DuckDBPyConnection
     below that DuckDB cannot join and sort even when spilling)."""
     spill = os.path.join(work_dir, "duckdb-spill")
     os.makedirs(spill, exist_ok=True)
-    limit_mb = max(memory_limit_bytes // 2**20, 128)
+    limit_mb = max(memory_limit_bytes, MIN_DUCKDB_MEMORY) // 2**20
     return duckdb.connect(config={
         "memory_limit": f"{limit_mb}MB",
         "temp_directory": spill,
@@ -175,7 +180,7 @@ def _as_input_error(exc: BaseException, weather: Table, yields: Table) -> BaseEx
 def _join_tables(con: duckdb.DuckDBPyConnection, weather: Table, yields: Table, columns: Columns,
                  out_path: str, *, max_drop_fraction: float, aggregate: dict[str, str] | None = None,
                  weight_column: str | None = None, row_filter: str | None = None, check: bool = True,
-                 ordered: bool = True, memory_limit: int = 256 * 2**20) -> JoinResult:
+                 ordered: bool = True, memory_limit: int = 256 * 2**20, buckets: int | None = None) -> JoinResult:
     """Check the keys, join, write the joined rows to `out_path` (Arrow IPC), and check the drop rate.
 
     One pass: DuckDB joins (out of core) and hands back Arrow record batches, which are checked (null, NaN
@@ -187,7 +192,13 @@ def _join_tables(con: duckdb.DuckDBPyConnection, weather: Table, yields: Table, 
     ordered: rows sorted by keys (what the gradient trainers need to be reproducible; the exact solver is
     independent of row order, so it skips the sort). row_filter: a DuckDB condition keeping one rank's
     rows of both tables (`linreg.shard.sql_predicate`); check=False leaves the no-rows and drop-rate checks
-    to the caller (`check_drops` on all ranks' totals). memory_limit (bytes): for the duplicate check.
+    to the caller (`check_drops` on all ranks' totals). memory_limit (bytes): DuckDB's limit, for the
+    duplicate check and the number of buckets.
+
+    Inputs too large for DuckDB to join (and sort) within `memory_limit` are joined bucket by bucket: one
+    pass partitions both tables by ranges of regions into local Parquet files (`partition_inputs`), then
+    each bucket is joined on its own, in region order, so the joined file is the same as one join's
+    (`bucket_count` says how many; `buckets` overrides it, for tests).
 
     With `aggregate` ({feature: mean|min|max|sum}) weather rows at a finer grain (several per key, e.g.
     daily) are first aggregated to the keys, streaming in DuckDB; duplicate weather keys are then expected.
@@ -200,43 +211,70 @@ def _join_tables(con: duckdb.DuckDBPyConnection, weather: Table, yields: Table, 
     else:
         register(con, "weather_rows", weather)
         register(con, "yields", yields)
-    regions = region_index(*(check_key_values(con, table, view, columns.keys, columns.region)
-                             for table, view in ((weather, "weather_rows"), (yields, "yields"))))
-    con.register("linreg_regions", regions)
-    weather_keys = None
+    weather_regions, yields_regions = (check_key_values(con, table, view, columns.keys, columns.region)
+                                       for table, view in ((weather, "weather_rows"), (yields, "yields")))
+    regions, region_rows = region_index(weather_regions, yields_regions)
     key_list = ", ".join(quote(k) for k in columns.keys)
     if aggregate:
         aggs = ", ".join(f"{AGGREGATES[aggregate[f]]}({quote(f)}) AS {quote(f)}" for f in columns.features)
         con.execute(f"CREATE OR REPLACE TEMP VIEW weather AS SELECT {key_list}, {aggs} FROM weather_rows "
                     f"GROUP BY {key_list}")
-        weather_keys = con.sql("SELECT count(*) FROM weather").fetchall()[0][0]
     else:
         con.execute("CREATE OR REPLACE TEMP VIEW weather AS SELECT * FROM weather_rows")
-
-    on = " AND ".join(f"w.{quote(k)} = y.{quote(k)}" for k in columns.keys)
     values = columns.features + columns.targets + ([weight_column] if weight_column else [])
-    select = ", ".join([f"w.{quote(k)}" for k in columns.keys] + [f"w.{quote(f)}" for f in columns.features]
-                       + [f"y.{quote(t)}" for t in columns.targets]
-                       + ([f"y.{quote(weight_column)}"] if weight_column else [])  # --weight-column
-                       + [f"r.{REGION_INDEX}", f"hash({', '.join(f'w.{quote(k)}' for k in columns.keys)}) AS {KEY_HASH}"])
-    # sorted by region number (the regions' sort order), then the other keys: an integer sort key is
-    # cheaper to sort, and to spill, than the region's text
-    order = " ORDER BY " + ", ".join([f"r.{REGION_INDEX}"] + [f"w.{quote(k)}" for k in columns.keys
-                                                               if k != columns.region]) if ordered else ""
-    reader = con.sql(f"SELECT {select} FROM weather w JOIN yields y ON {on} JOIN linreg_regions r "
-                     f"ON w.{quote(columns.region)} = r.region{order}").to_arrow_reader(JOINED_BATCH_ROWS)
-    schema = reader.schema.remove(reader.schema.get_field_index(KEY_HASH))
+    needed = (columns.keys + columns.features, columns.keys + columns.targets + ([weight_column] if weight_column else []))
+    row_bytes = [sum(_value_bytes(t.schema.field(c).type) for c in names) for t, names in zip((weather, yields), needed)]
+    input_rows = [weather.dataset.count_rows(), yields.dataset.count_rows()]  # from the files' footers
+    count = buckets or bucket_count(input_rows[0] * row_bytes[0] + input_rows[1] * row_bytes[1], memory_limit, ordered)
+    cuts = bucket_cuts(region_rows, count)
+    if len(cuts) > 1:
+        started = time.perf_counter()
+        partitioned = partition_inputs(con, needed, regions, cuts, os.path.join(os.path.dirname(out_path),
+                                       "join-buckets"), flush_rows=max(2048, max(memory_limit, MIN_DUCKDB_MEMORY) // (8 * len(cuts) * max(row_bytes))))
+        log.info("the inputs (%d + %d rows) are larger than DuckDB joins at once within %dMB: partitioned into %d "
+                 "buckets of regions in %.1f s, joined bucket by bucket", input_rows[0], input_rows[1],
+                 memory_limit // 2**20, len(cuts), time.perf_counter() - started)
+    else:
+        partitioned = None
     hash_path = out_path + ".keyhash"
-    joined_rows = 0
-    with pa.OSFile(out_path, "wb") as sink, pa.ipc.new_file(sink, schema) as writer, open(hash_path, "wb") as hashes:
-        for batch in reader:
-            batch.column(KEY_HASH).to_numpy().tofile(hashes)
-            batch = batch.drop_columns([KEY_HASH])
-            bad = first_bad_value(batch, values)
-            if bad is not None:
-                raise _bad_value_error(weather, yields, columns, weight_column, batch, bad)
-            writer.write_batch(batch)
-            joined_rows += batch.num_rows
+    joined_rows, weather_keys = 0, 0
+    try:
+        with (pa.OSFile(out_path, "wb") as sink, open(hash_path, "wb") as hashes):
+            writer, cut = None, FixedBatches(JOINED_BATCH_ROWS)
+            for lo, hi in zip([0] + cuts[:-1], cuts):  # regions [lo, hi) of the sorted regions: one bucket
+                if partitioned is None:
+                    views = ("weather_rows", "yields")
+                else:
+                    views = partitioned.views(con, cuts.index(hi))
+                con.register("linreg_regions", regions.slice(lo, hi - lo))
+                if aggregate:
+                    con.execute(f"CREATE OR REPLACE TEMP VIEW linreg_weather AS SELECT {key_list}, {aggs} FROM {views[0]} "
+                                f"GROUP BY {key_list}")
+                    weather_keys += con.sql("SELECT count(*) FROM linreg_weather").fetchall()[0][0]
+                else:
+                    con.execute(f"CREATE OR REPLACE TEMP VIEW linreg_weather AS SELECT * FROM {views[0]}")
+                reader = con.sql(join_query(columns, weight_column, "linreg_weather", views[1], ordered)
+                                 ).to_arrow_reader(JOINED_BATCH_ROWS)
+                if writer is None:
+                    schema = reader.schema.remove(reader.schema.get_field_index(KEY_HASH))
+                    writer = pa.ipc.new_file(sink, schema)
+                for batch in reader:
+                    batch.column(KEY_HASH).to_numpy().tofile(hashes)
+                    batch = batch.drop_columns([KEY_HASH])
+                    bad = first_bad_value(batch, values)
+                    if bad is not None:
+                        raise _bad_value_error(weather, yields, columns, weight_column, batch, bad)
+                    for full in cut.add(batch.cast(schema) if batch.schema != schema else batch):
+                        writer.write_batch(full)
+                    joined_rows += batch.num_rows
+            for rest in cut.flush():
+                writer.write_batch(rest)
+            writer.close()
+    finally:  # (no DuckDB query here: an error leaves the reader's result open)
+        if partitioned is not None:
+            shutil.rmtree(partitioned.directory, ignore_errors=True)
+    if not aggregate:
+        weather_keys = None
     duplicated = duplicate_hashes(hash_path, joined_rows, memory_limit)
     os.remove(hash_path)
     if duplicated:  # some key appears twice among the joined rows (or two keys share a hash): name them
@@ -248,7 +286,7 @@ def _join_tables(con: duckdb.DuckDBPyConnection, weather: Table, yields: Table, 
     if row_filter:
         counts = [con.sql(f"SELECT count(*) FROM {v}").fetchall()[0][0] for v in ("weather_rows", "yields")]
     else:
-        counts = [weather.dataset.count_rows(), yields.dataset.count_rows()]
+        counts = input_rows
     result = JoinResult(path=out_path, weather_rows=int(counts[0]), yields_rows=int(counts[1]),
                         joined_rows=int(joined_rows), weather_keys=weather_keys, regions_path=regions_path)
     if not check:
@@ -260,28 +298,169 @@ def _join_tables(con: duckdb.DuckDBPyConnection, weather: Table, yields: Table, 
 
 
 def check_key_values(con: duckdb.DuckDBPyConnection, table: Table, view: str, keys: list[str],
-                     region: str) -> pa.ChunkedArray:
+                     region: str) -> pa.Table:
     """The distinct values of each key column (cheap: key columns have few distinct values per column) show
     null keys and overlong text keys; `linreg.validate.check_values` then names the file and rows. Returns
-    the distinct regions."""
+    the distinct regions and their row counts (`region`, `n_rows`)."""
     regions = None
     for key in keys:
-        values = con.sql(f"SELECT DISTINCT {quote(key)} FROM {view}").to_arrow_table().column(0)
+        if key == region:
+            found = con.sql(f"SELECT {quote(key)} AS region, count(*) AS n_rows FROM {view} GROUP BY ALL").to_arrow_table()
+            values = found.column("region")
+            regions = found
+        else:
+            values = con.sql(f"SELECT DISTINCT {quote(key)} FROM {view}").to_arrow_table().column(0)
         if values.null_count or long_values(values):
             check_values(table, keys, [])
-        if key == region:
-            regions = values
     return regions
 
 
-def region_index(weather_regions: pa.ChunkedArray, yields_regions: pa.ChunkedArray) -> pa.Table:
-    """The regions in both tables, sorted, numbered 0.. (`region`, REGION_INDEX int32): every joined row
-    carries its region's number, so later passes select holdout regions and sum per-region errors by
-    array lookups instead of hashing region names again."""
-    both = weather_regions.filter(pc.is_in(weather_regions, value_set=yields_regions.combine_chunks().cast(
-        weather_regions.type)))
-    both = both.take(pc.sort_indices(both))
-    return pa.table({"region": both, REGION_INDEX: pa.array(np.arange(len(both), dtype=np.int32))})
+def region_index(weather_regions: pa.Table, yields_regions: pa.Table) -> tuple[pa.Table, np.ndarray]:
+    """The regions in both tables (`check_key_values`' tables), sorted, numbered 0.. (`region`,
+    REGION_INDEX int32), and each one's rows in both tables together (int64, for sizing buckets): every
+    joined row carries its region's number, so later passes select holdout regions and sum per-region
+    errors by array lookups instead of hashing region names again."""
+    left = weather_regions.column("region")
+    right = yields_regions.column("region").cast(left.type)
+    both = pc.is_in(left, value_set=right.combine_chunks())
+    kept = weather_regions.filter(both)
+    kept = kept.take(pc.sort_indices(kept.column("region")))
+    other = pc.index_in(kept.column("region"), value_set=right.combine_chunks())
+    rows = kept.column("n_rows").to_numpy() + yields_regions.column("n_rows").to_numpy()[other.to_numpy()]
+    table = pa.table({"region": kept.column("region"), REGION_INDEX: pa.array(np.arange(kept.num_rows, dtype=np.int32))})
+    return table, rows.astype(np.int64)
+
+
+# How many bytes of input (estimated by `_value_bytes`) DuckDB joins at once per byte of its memory limit.
+# Measured on the 100M-row benchmark tables (~52 bytes a row): the sorted join of 12.5M input rows (650MB)
+# passed at 128MB, 5x; of 200M rows (10.4GB) it failed at 256MB (40x) and passed at 1GB (10x). The
+# unsorted join of 200M rows passed at 256MB (40x) and failed at 128MB (81x). Margins of 1.25-2.5x.
+SORTED_JOIN_INPUT_PER_LIMIT = 4
+JOIN_INPUT_PER_LIMIT = 16
+MAX_BUCKETS = 256
+
+
+def _value_bytes(kind: pa.DataType) -> int:
+    """DuckDB's in-memory bytes of one value: 16 for a string's header plus ~8 of text, 8 for numbers."""
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    return 24 if pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_binary(kind) else 8
+
+
+def bucket_count(input_bytes: int, memory_limit: int, ordered: bool) -> int:
+    """Buckets to join the inputs in, so that each bucket's input fits what DuckDB joins within its limit."""
+    per_limit = SORTED_JOIN_INPUT_PER_LIMIT if ordered else JOIN_INPUT_PER_LIMIT
+    return int(min(MAX_BUCKETS, max(1, -(-input_bytes // (per_limit * max(memory_limit, MIN_DUCKDB_MEMORY))))))
+
+
+def bucket_cuts(region_rows: np.ndarray, count: int) -> list[int]:
+    """Ends (exclusive region numbers) of up to `count` ranges of consecutive regions with about equal rows;
+    the last is the number of regions. A region is never split, so a bucket holds at least one region."""
+    total = len(region_rows)
+    if count <= 1 or total <= 1:
+        return [total]
+    cumulative = np.cumsum(region_rows)
+    targets = cumulative[-1] * np.arange(1, count) / count
+    cuts = np.unique(np.searchsorted(cumulative, targets, side="right"))
+    return [int(c) for c in cuts if 0 < c < total] + [total]
+
+
+@dataclass
+class Partitioned:
+    """Both tables' needed columns, written once into local Parquet files per bucket of regions."""
+
+    directory: str
+    buckets: int
+
+    def views(self, con: duckdb.DuckDBPyConnection, bucket: int) -> tuple[str, str]:
+        """Views over one bucket's weather and yields rows."""
+        for name in ("weather", "yields"):
+            path = os.path.join(self.directory, name, f"linreg_bucket={bucket}", "*.parquet").replace("'", "''")
+            con.execute(f"CREATE OR REPLACE TEMP VIEW linreg_bucket_{name} AS SELECT * FROM read_parquet('{path}')")
+        return "linreg_bucket_weather", "linreg_bucket_yields"
+
+
+def partition_inputs(con: duckdb.DuckDBPyConnection, needed: tuple[list[str], list[str]], regions: pa.Table,
+                     cuts: list[int], directory: str, flush_rows: int) -> Partitioned:
+    """One pass over each table (views `weather_rows` and `yields`) writing its `needed` columns to
+    `directory/<table>/bucket=<k>/` by the region's bucket (regions below region number cuts[0] in bucket
+    0, and so on), with DuckDB's partitioned COPY, uncompressed. The bucket comes from comparisons with the
+    boundary regions (a binary tree of CASEs: log2(buckets) comparisons a row), not a join, so the pass
+    needs no memory per region. `flush_rows` bounds the rows DuckDB buffers per bucket."""
+    shutil.rmtree(directory, ignore_errors=True)
+    con.register("linreg_bounds", regions.take(pa.array(cuts[:-1], type=pa.int64())))
+    bounds = [r[0] for r in con.sql("SELECT CAST(region AS VARCHAR) FROM linreg_bounds").fetchall()]
+    region_type = con.sql("SELECT typeof(region) FROM linreg_bounds LIMIT 1").fetchall()[0][0]
+    con.unregister("linreg_bounds")
+    con.execute(f"SET partitioned_write_flush_threshold = {int(flush_rows)}")
+
+    def bucket_of(column: str, lo: int, hi: int) -> str:  # buckets lo..hi-1
+        if hi - lo == 1:
+            return str(lo)
+        mid = (lo + hi) // 2
+        bound = "'" + bounds[mid - 1].replace("'", "''") + "'"
+        return (f"CASE WHEN {column} < CAST({bound} AS {region_type}) THEN {bucket_of(column, lo, mid)} "
+                f"ELSE {bucket_of(column, mid, hi)} END")
+
+    region = needed[0][0]
+    for name, view, columns in (("weather", "weather_rows", needed[0]), ("yields", "yields", needed[1])):
+        target = os.path.join(directory, name)
+        os.makedirs(target)
+        select = ", ".join(quote(c) for c in columns)
+        con.execute(f"COPY (SELECT {select}, {bucket_of(quote(region), 0, len(cuts))} AS linreg_bucket FROM {view}) "
+                    f"TO '{target.replace(chr(39), chr(39) * 2)}' (FORMAT parquet, PARTITION_BY (linreg_bucket), "
+                    "COMPRESSION uncompressed)")
+        empty = con.sql(f"SELECT {select} FROM {view} LIMIT 0").to_arrow_table()
+        for bucket in range(len(cuts)):  # a bucket with no rows on one side still needs a file to read
+            folder = os.path.join(target, f"linreg_bucket={bucket}")
+            if not os.path.isdir(folder):
+                os.makedirs(folder)
+                pq.write_table(empty, os.path.join(folder, "empty.parquet"))
+    return Partitioned(directory, len(cuts))
+
+
+class FixedBatches:
+    """Record batches of exactly `rows` rows (the last may be shorter) out of batches of any size, so that the
+    joined file is cut the same however many buckets the join ran in (and float64 sums over its batches
+    come out the same to the bit)."""
+
+    def __init__(self, rows: int):
+        self.rows, self.pending, self.count = rows, [], 0
+
+    def add(self, batch: pa.RecordBatch) -> list[pa.RecordBatch]:
+        if not self.pending and batch.num_rows == self.rows:
+            return [batch]
+        self.pending.append(batch)
+        self.count += batch.num_rows
+        if self.count < self.rows:
+            return []
+        table, out = pa.Table.from_batches(self.pending), []
+        while table.num_rows >= self.rows:
+            out.append(table.slice(0, self.rows).combine_chunks().to_batches()[0])
+            table = table.slice(self.rows)
+        self.pending, self.count = table.to_batches(), table.num_rows
+        return out
+
+    def flush(self) -> list[pa.RecordBatch]:
+        rest = pa.Table.from_batches(self.pending).combine_chunks().to_batches() if self.count else []
+        self.pending, self.count = [], 0
+        return rest
+
+
+def join_query(columns: Columns, weight_column: str | None, weather: str, yields: str, ordered: bool) -> str:
+    """The join of views `weather` and `yields` with the regions (`linreg_regions`): keys, features, targets,
+    weight, region number and a 64-bit hash of the keys; for `ordered`, sorted by region number (the
+    regions' sort order: an integer is cheaper to sort, and to spill, than the region's text), then the
+    other keys."""
+    on = " AND ".join(f"w.{quote(k)} = y.{quote(k)}" for k in columns.keys)
+    select = ", ".join([f"w.{quote(k)}" for k in columns.keys] + [f"w.{quote(f)}" for f in columns.features]
+                       + [f"y.{quote(t)}" for t in columns.targets]
+                       + ([f"y.{quote(weight_column)}"] if weight_column else [])  # --weight-column
+                       + [f"r.{REGION_INDEX}", f"hash({', '.join(f'w.{quote(k)}' for k in columns.keys)}) AS {KEY_HASH}"])
+    order = " ORDER BY " + ", ".join([f"r.{REGION_INDEX}"] + [f"w.{quote(k)}" for k in columns.keys
+                                                               if k != columns.region]) if ordered else ""
+    return (f"SELECT {select} FROM {weather} w JOIN {yields} y ON {on} JOIN linreg_regions r "
+            f"ON w.{quote(columns.region)} = r.region{order}")
 
 
 def long_values(values: pa.ChunkedArray) -> bool:

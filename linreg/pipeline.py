@@ -296,8 +296,8 @@ def evaluate_model(plan: RunPlan, joined: JoinResult, split: Split, fit: FitResu
         region_table = pa.concat_tables(cluster.all_gather_object(region_table))
         order = pc.sort_indices(region_table, sort_keys=[("split", "ascending"), ("region", "ascending")])
         region_table = region_table.take(order)  # a stable sort: each region's targets keep their order
-    per_split = pc.value_counts(region_table.filter(pc.equal(region_table["target"], "all")).column("split"))
-    counts = {c["values"]: c["counts"] for c in per_split.to_pylist()}
+    per_split = pc.value_counts(region_table.column("split"))  # each region has a row per target and 'all'
+    counts = {c["values"]: c["counts"] // (len(columns.targets) + 1) for c in per_split.to_pylist()}
     evaluation = Evaluation(metrics=rows, rows={s: e.n for s, e in errors.items()}, regions=counts,
                             region_rows=region_table.num_rows)
     if rank != 0:

@@ -1,5 +1,6 @@
 """The one-pass join: duplicate keys found by sorting key hashes (in memory or range by range), values
-checked on the joined rows, and per-region errors summed by region number (checked against pandas)."""
+checked on the joined rows, per-region errors summed by region number (checked against pandas), and the
+bucket-by-bucket join of inputs too large to join at once (the same rows as one join)."""
 
 import numpy as np
 import pandas as pd
@@ -10,8 +11,10 @@ import pytest
 from linreg import pipeline
 from linreg.config import make_config
 from linreg.errors import InputError
-from linreg.join import duplicate_hashes
+from linreg.io import open_table
+from linreg.join import MAX_BUCKETS, FixedBatches, bucket_count, bucket_cuts, connect, duplicate_hashes, join_tables
 from linreg.metrics import RegionErrors
+from linreg.schema import resolve_columns
 from tests.helpers import linear_tables, write
 
 
@@ -119,3 +122,114 @@ def test_background_writer_writes_in_order_and_raises_a_failed_write():
         with BackgroundWriter(Writer(fail_at=3)) as background:
             for table in tables:
                 background.write(table)
+
+
+def test_bucket_cuts_balance_rows_and_never_split_a_region():
+    rows = np.array([5, 1, 1, 1, 1, 1, 30, 1, 1, 1, 1, 1], dtype=np.int64)
+    for count in range(1, 20):
+        cuts = bucket_cuts(rows, count)
+        assert cuts[-1] == len(rows) and cuts == sorted(set(cuts)) and len(cuts) <= count
+        sizes = np.add.reduceat(rows, [0] + cuts[:-1])
+        assert sizes.sum() == rows.sum() and sizes.max() <= rows.sum() / count + rows.max()
+        assert (count == 1) == (len(cuts) == 1)
+    assert bucket_cuts(np.ones(100, dtype=np.int64), 4) == [25, 50, 75, 100]
+    assert bucket_cuts(np.array([], dtype=np.int64), 8) == [0]
+
+
+def test_bucket_count_follows_the_input_and_the_memory_limit():
+    mb = 2**20
+    assert bucket_count(100 * mb, 128 * mb, ordered=True) == 1
+    assert bucket_count(600 * mb, 128 * mb, ordered=True) == 2
+    assert bucket_count(600 * mb, 128 * mb, ordered=False) == 1  # an unsorted join needs less memory
+    assert bucket_count(10 * 2**30, 1 * 2**30, ordered=True) == 3
+    assert bucket_count(10 * 2**30, 1 * mb, ordered=True) == bucket_count(10 * 2**30, 128 * mb, ordered=True)
+    assert bucket_count(2**50, 128 * mb, ordered=False) == MAX_BUCKETS
+
+
+def _join(tmp_path, name, w, y, buckets, **options):
+    weather, yields = open_table(w, "weather"), open_table(y, "yields")
+    columns = resolve_columns(weather, yields, features=["temp", "rainfall"], targets=["apples"], keys=None)
+    con = connect(str(tmp_path), 128 * 2**20)
+    try:
+        result = join_tables(con, weather, yields, columns, str(tmp_path / f"{name}.arrow"), max_drop_fraction=1.0,
+                             buckets=buckets, **options)
+    finally:
+        con.close()
+    with pa.memory_map(result.path) as source:
+        return result, pa.ipc.open_file(source).read_all()
+
+
+def _weather_and_yields(tmp_path, regions, years, integer_regions=False, seed=0):
+    """Weather over `regions` x `years` in 3 files (rows in random order, 10% of them without yields, and
+    two regions only in weather); yields in 2 files (and one region only in yields)."""
+    rng = np.random.default_rng(seed)
+    names = list(range(100, 100 + regions + 3)) if integer_regions else [f"R{i:04d}" for i in range(regions + 3)]
+    w_keys = [(r, t) for r in names[:regions + 2] for t in years]
+    y_keys = [(r, t) for r in names[:regions] + names[-1:] for t in sorted(set(years)) if rng.random() > 0.1]
+    w_order, y_order = rng.permutation(len(w_keys)), rng.permutation(len(y_keys))
+    for part, idx in enumerate(np.array_split(w_order, 3)):
+        write(tmp_path / "w" / f"part-{part}.parquet", region=[w_keys[i][0] for i in idx], year=[w_keys[i][1] for i in idx],
+              temp=rng.normal(20, 5, len(idx)), rainfall=rng.normal(80, 10, len(idx)))
+    for part, idx in enumerate(np.array_split(y_order, 2)):
+        write(tmp_path / "y" / f"part-{part}.parquet", region=[y_keys[i][0] for i in idx], year=[y_keys[i][1] for i in idx],
+              apples=rng.normal(50, 5, len(idx)), weight=rng.uniform(0.5, 2, len(idx)))
+    return str(tmp_path / "w"), str(tmp_path / "y")
+
+
+@pytest.mark.parametrize("integer_regions", [False, True])
+def test_a_join_bucket_by_bucket_writes_the_same_rows_as_one_join(tmp_path, integer_regions):
+    w, y = _weather_and_yields(tmp_path, regions=37, years=range(1990, 2010), integer_regions=integer_regions)
+    one, rows = _join(tmp_path, "one", w, y, buckets=1, ordered=True, weight_column="weight")
+    assert one.joined_rows == rows.num_rows > 0
+    for buckets in (2, 5, 64):  # 64 > 37 regions: a bucket a region, some empty on one side
+        many, bucketed = _join(tmp_path, f"b{buckets}", w, y, buckets=buckets, ordered=True, weight_column="weight")
+        assert bucketed.equals(rows)  # same rows in the same order (region number, then year)
+        assert (many.joined_rows, many.weather_rows, many.yields_rows) == (one.joined_rows, one.weather_rows,
+                                                                         one.yields_rows)
+        assert not (tmp_path / "join-buckets").exists()  # the bucket files are removed
+    _, unordered = _join(tmp_path, "u", w, y, buckets=3, ordered=False, weight_column="weight")
+    order = ["__region_index", "year"]
+    assert unordered.sort_by([(c, "ascending") for c in order]).equals(rows)
+
+
+def test_aggregated_weather_joins_bucket_by_bucket_to_the_same_rows(tmp_path):
+    w, y = _weather_and_yields(tmp_path, regions=23, years=[2001, 2002, 2003, 2001, 2002])  # 2 rows a key
+    one, rows = _join(tmp_path, "one", w, y, buckets=1, ordered=True, aggregate={"temp": "mean", "rainfall": "sum"})
+    many, bucketed = _join(tmp_path, "many", w, y, buckets=4, ordered=True, aggregate={"temp": "mean", "rainfall": "sum"})
+    assert bucketed.equals(rows) and many.weather_keys == one.weather_keys == 25 * 3
+
+
+def test_a_duplicate_key_is_named_when_joined_bucket_by_bucket(tmp_path):
+    w, y = _weather_and_yields(tmp_path, regions=12, years=range(2000, 2004))
+    write(tmp_path / "w" / "part-9.parquet", region=["R0007"], year=[2001], temp=[1.0], rainfall=[2.0])
+    with pytest.raises(InputError, match=r"weather.*1 duplicated key.*R0007.*2001.*part-9\.parquet"):
+        _join(tmp_path, "dup", w, y, buckets=3, ordered=True)
+
+
+def test_a_run_joined_bucket_by_bucket_equals_a_run_joined_at_once(tmp_path, monkeypatch):
+    """The whole pipeline, nn trainer (rows in the joined file's order, cut into the same record batches):
+    the same weights and statistics, bit for bit."""
+    from linreg import join
+
+    w, y, _, _ = linear_tables(tmp_path, rows=600, regions=30)
+    monkeypatch.setattr(join, "JOINED_BATCH_ROWS", 64)  # buckets end inside batches
+    weights = {}
+    for buckets in (1, 4):
+        monkeypatch.setattr(join, "bucket_count", lambda *args, n=buckets: n)
+        out = tmp_path / f"out{buckets}"
+        pipeline.run(make_config(weather=w, yields=y, output=str(out), run_id="r", trainer="nn", epochs=3, seed=5))
+        weights[buckets] = pq.read_table(out / "weights" / "run_id=r").to_pydict()
+    assert weights[1] == weights[4]
+
+
+def test_fixed_batches_cut_any_batches_into_batches_of_one_size():
+    cut, out = FixedBatches(10), []
+    sizes = [3, 10, 0, 25, 1, 10, 4]
+    start = 0
+    for size in sizes:
+        out += cut.add(pa.record_batch({"i": pa.array(np.arange(start, start + size))}))
+        start += size
+    out += cut.flush()
+    assert [b.num_rows for b in out] == [10] * 5 + [3]
+    assert np.concatenate([b.column(0).to_numpy() for b in out]).tolist() == list(range(start))
+    assert cut.flush() == []
