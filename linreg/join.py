@@ -224,7 +224,7 @@ def _join_tables(con: duckdb.DuckDBPyConnection, weather: Table, yields: Table, 
     values = columns.features + columns.targets + ([weight_column] if weight_column else [])
     needed = (columns.keys + columns.features, columns.keys + columns.targets + ([weight_column] if weight_column else []))
     row_bytes = [sum(_value_bytes(t.schema.field(c).type) for c in names) for t, names in zip((weather, yields), needed)]
-    input_rows = [weather.dataset.count_rows(), yields.dataset.count_rows()]  # from the files' footers
+    input_rows = [int(pc.sum(t.column("n_rows")).as_py() or 0) for t in (weather_regions, yields_regions)]
     count = buckets or bucket_count(input_rows[0] * row_bytes[0] + input_rows[1] * row_bytes[1], memory_limit, ordered)
     cuts = bucket_cuts(region_rows, count)
     if len(cuts) > 1:
@@ -283,11 +283,7 @@ def _join_tables(con: duckdb.DuckDBPyConnection, weather: Table, yields: Table, 
         check_unique_keys(con, yields, "yields", columns.keys)
     regions_path = out_path + ".regions.parquet"
     pq.write_table(regions, regions_path)
-    if row_filter:
-        counts = [con.sql(f"SELECT count(*) FROM {v}").fetchall()[0][0] for v in ("weather_rows", "yields")]
-    else:
-        counts = input_rows
-    result = JoinResult(path=out_path, weather_rows=int(counts[0]), yields_rows=int(counts[1]),
+    result = JoinResult(path=out_path, weather_rows=input_rows[0], yields_rows=input_rows[1],
                         joined_rows=int(joined_rows), weather_keys=weather_keys, regions_path=regions_path)
     if not check:
         return result
@@ -376,7 +372,8 @@ class Partitioned:
         """Views over one bucket's weather and yields rows."""
         for name in ("weather", "yields"):
             path = os.path.join(self.directory, name, f"linreg_bucket={bucket}", "*.parquet").replace("'", "''")
-            con.execute(f"CREATE OR REPLACE TEMP VIEW linreg_bucket_{name} AS SELECT * FROM read_parquet('{path}')")
+            con.execute(f"CREATE OR REPLACE TEMP VIEW linreg_bucket_{name} AS SELECT * FROM read_parquet('{path}', "
+                        "hive_partitioning = false)")
         return "linreg_bucket_weather", "linreg_bucket_yields"
 
 

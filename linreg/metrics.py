@@ -8,6 +8,7 @@ MSEs come from `RegionErrors`, summed by region number in the same pass.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -122,29 +123,40 @@ class RegionErrors:
             column = squared_errors[:, j] if weight is None else squared_errors[:, j] * weight
             self.sse[j] += np.bincount(code, weights=column, minlength=size)
 
-    def table(self, regions: pa.Array | pa.ChunkedArray, targets: list[str]) -> pa.Table:
+    def regions_per_split(self) -> dict[str, int]:
+        """How many regions have rows in each split."""
+        return {"train": int(np.count_nonzero(self.rows[0::2])), "holdout": int(np.count_nonzero(self.rows[1::2]))}
+
+    def batches(self, regions: pa.Array | pa.ChunkedArray, targets: list[str],
+                pairs: int = 1 << 16) -> Iterator[pa.RecordBatch]:
         """The `metrics` rows (split, region, target, metric='mse', value) of every (split, region) with rows,
         sorted by split and region name, one per target and one over all targets ('all'); NaN where every
-        row of the region has weight 0. Built column-wise from integer codes (dictionary arrays cast to
-        text), so millions of regions take a second and little more memory than the table itself."""
+        row of the region has weight 0. Record batches of `pairs` (split, region) pairs, built column-wise
+        from integer codes (dictionary arrays cast to text): millions of regions take a second, and the
+        memory of one batch beyond 8 bytes a region."""
         codes = np.flatnonzero(self.rows)
         k, each = len(targets), len(targets) + 1
-        weight = np.where(self.weight[codes] > 0, self.weight[codes], np.nan)
-        sse = self.sse[:, codes]
-        values = np.vstack([sse / weight, sse.sum(axis=0) / (weight * k)]).T  # (pairs, k + 1)
         names = pc.cast(pa.chunked_array([regions]) if isinstance(regions, pa.Array) else regions, pa.string())
         name_rank = np.empty(len(names), dtype=np.int64)  # each region's place in name order
         name_rank[pc.sort_indices(names).to_numpy()] = np.arange(len(names))
-        holdout = (codes % 2).astype(np.int8)
         # "holdout" sorts before "train"; a stable sort keeps regions with the same name in number order
-        order = np.argsort((1 - holdout).astype(np.int64) * len(names) + name_rank[codes // 2], kind="stable")
+        codes = codes[np.argsort((1 - codes % 2) * len(names) + name_rank[codes // 2], kind="stable")]
         del name_rank
         text = lambda indices, words: pa.DictionaryArray.from_arrays(  # noqa: E731
             pa.array(indices, type=pa.int8()), pa.array(words)).cast(pa.string())
-        return pa.table({
-            "split": text(np.repeat(holdout[order], each), ["train", "holdout"]),
-            "region": names.take(pa.array(np.repeat(codes[order] // 2, each))),
-            "target": text(np.tile(np.arange(each, dtype=np.int8), len(codes)), list(targets) + ["all"]),
-            "metric": text(np.zeros(len(codes) * each, dtype=np.int8), ["mse"]),
-            "value": pa.array(values[order].ravel()),
-        }, schema=metrics_schema())
+        for start in range(0, len(codes), pairs):
+            part = codes[start:start + pairs]
+            weight = np.where(self.weight[part] > 0, self.weight[part], np.nan)
+            sse = self.sse[:, part]
+            values = np.vstack([sse / weight, sse.sum(axis=0) / (weight * k)]).T  # (pairs, k + 1)
+            yield pa.record_batch({
+                "split": text(np.repeat((part % 2).astype(np.int8), each), ["train", "holdout"]),
+                "region": names.take(pa.array(np.repeat(part // 2, each))).combine_chunks(),
+                "target": text(np.tile(np.arange(each, dtype=np.int8), len(part)), list(targets) + ["all"]),
+                "metric": text(np.zeros(len(part) * each, dtype=np.int8), ["mse"]),
+                "value": pa.array(values.ravel()),
+            }, schema=metrics_schema())
+
+    def table(self, regions: pa.Array | pa.ChunkedArray, targets: list[str]) -> pa.Table:
+        """`batches` as one table."""
+        return pa.Table.from_batches(list(self.batches(regions, targets)), schema=metrics_schema())

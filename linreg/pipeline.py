@@ -291,19 +291,25 @@ def evaluate_model(plan: RunPlan, joined: JoinResult, split: Split, fit: FitResu
         if not plan.staging.is_local:
             plan.staging.upload("predictions", path, rank)
     rows = metrics.metric_rows(errors, columns.targets, optimum_rss=fit.exact.rss, stats=fit.stats)
-    region_table = by_region.table(regions, columns.targets)
+    k = len(columns.targets)
     if world > 1:  # a region's rows are all on one rank: its metrics are complete there
-        region_table = pa.concat_tables(cluster.all_gather_object(region_table))
+        region_table = pa.concat_tables(cluster.all_gather_object(by_region.table(regions, columns.targets)))
         order = pc.sort_indices(region_table, sort_keys=[("split", "ascending"), ("region", "ascending")])
         region_table = region_table.take(order)  # a stable sort: each region's targets keep their order
-    per_split = pc.value_counts(region_table.column("split"))  # each region has a row per target and 'all'
-    counts = {c["values"]: c["counts"] // (len(columns.targets) + 1) for c in per_split.to_pylist()}
+        per_split = pc.value_counts(region_table.column("split"))  # a row per region and target, and 'all'
+        counts = {c["values"]: c["counts"] // (k + 1) for c in per_split.to_pylist()}
+        region_batches = region_table.to_batches()
+    else:  # streamed to the file: millions of regions' rows are never one table
+        counts = {s: n for s, n in by_region.regions_per_split().items() if n}
+        region_batches = by_region.batches(regions, columns.targets)
     evaluation = Evaluation(metrics=rows, rows={s: e.n for s, e in errors.items()}, regions=counts,
-                            region_rows=region_table.num_rows)
+                            region_rows=sum(counts.values()) * (k + 1))
     if rank != 0:
         return evaluation
-    outputs.write_table(plan.staging.file("metrics"), pa.concat_tables(
-        [pa.Table.from_pylist(rows, schema=metrics_schema()), region_table]), plan.metadata())
+    with outputs.open_writer(plan.staging.file("metrics"), metrics_schema(), plan.metadata()) as writer:
+        writer.write_table(pa.Table.from_pylist(rows, schema=metrics_schema()))
+        for batch in region_batches:
+            writer.write_batch(batch)
     outputs.write_table(plan.staging.file("weights"), model.weights_table(fit.stats), plan.metadata())
     return evaluation
 
