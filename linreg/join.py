@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 from linreg.errors import InputError, format_examples
 from linreg.io import Table, is_input_fault
-from linreg.schema import Columns
+from linreg.schema import Columns, key_kind
 from linreg.validate import MAX_EXAMPLES, MAX_KEY_CHARS, bad_mask, check_values, example_keys
 
 JOINED_BATCH_ROWS = 128 * 1024  # rows per record batch of the joined file
@@ -264,7 +264,8 @@ def _join_tables(con: duckdb.DuckDBPyConnection, weather: Table, yields: Table, 
                     bad = first_bad_value(batch, values)
                     if bad is not None:
                         raise _bad_value_error(weather, yields, columns, weight_column, batch, bad)
-                    for full in cut.add(batch.cast(schema) if batch.schema != schema else batch):
+                    batch = batch.cast(schema) if batch.schema != schema else batch
+                    for full in (cut.add(batch) if ordered or partitioned is not None else [batch]):
                         writer.write_batch(full)
                     joined_rows += batch.num_rows
             for rest in cut.flush():
@@ -295,20 +296,22 @@ def _join_tables(con: duckdb.DuckDBPyConnection, weather: Table, yields: Table, 
 
 def check_key_values(con: duckdb.DuckDBPyConnection, table: Table, view: str, keys: list[str],
                      region: str) -> pa.Table:
-    """The distinct values of each key column (cheap: key columns have few distinct values per column) show
-    null keys and overlong text keys; `linreg.validate.check_values` then names the file and rows. Returns
-    the distinct regions and their row counts (`region`, `n_rows`)."""
-    regions = None
-    for key in keys:
-        if key == region:
-            found = con.sql(f"SELECT {quote(key)} AS region, count(*) AS n_rows FROM {view} GROUP BY ALL").to_arrow_table()
-            values = found.column("region")
-            regions = found
-        else:
-            values = con.sql(f"SELECT DISTINCT {quote(key)} FROM {view}").to_arrow_table().column(0)
-        if values.null_count or long_values(values):
-            check_values(table, keys, [])
-    return regions
+    """One GROUP BY region over the table (the regions and their row counts, with the other keys' non-null
+    counts and text lengths) shows null keys and overlong text keys; `linreg.validate.check_values` then
+    names the file and rows. Returns the distinct regions and their row counts (`region`, `n_rows`)."""
+    others = [k for k in keys if k != region]
+    texts = [k for k in others if key_kind(table.schema.field(k).type) == "string"]
+    found = con.sql(", ".join([f"SELECT {quote(region)} AS region", "count(*) AS n_rows"]
+                              + [f"count({quote(k)}) AS present_{i}" for i, k in enumerate(others)]
+                              + [f"max(strlen({quote(k)})) AS length_{i}" for i, k in enumerate(texts)])
+                    + f" FROM {view} GROUP BY ALL").to_arrow_table()
+    rows = pc.sum(found.column("n_rows")).as_py() or 0
+    bad = found.column("region").null_count or long_values(found.column("region")) \
+        or any((pc.sum(found.column(f"present_{i}")).as_py() or 0) < rows for i in range(len(others))) \
+        or any((pc.max(found.column(f"length_{i}")).as_py() or 0) > MAX_KEY_CHARS for i in range(len(texts)))
+    if bad:
+        check_values(table, keys, [])
+    return found.select(["region", "n_rows"])
 
 
 def region_index(weather_regions: pa.Table, yields_regions: pa.Table) -> tuple[pa.Table, np.ndarray]:

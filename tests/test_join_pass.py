@@ -206,11 +206,12 @@ def test_a_duplicate_key_is_named_when_joined_bucket_by_bucket(tmp_path):
         _join(tmp_path, "dup", w, y, buckets=3, ordered=True)
 
 
-def test_a_run_joined_bucket_by_bucket_equals_a_run_joined_at_once(tmp_path, monkeypatch):
+def test_a_run_joined_bucket_by_bucket_equals_a_run_joined_at_once(tmp_path, monkeypatch, caplog):
     """The whole pipeline, nn trainer (rows in the joined file's order, cut into the same record batches):
     the same weights and statistics, bit for bit."""
     from linreg import join
 
+    caplog.set_level("INFO", logger="linreg.join")
     w, y, _, _ = linear_tables(tmp_path, rows=600, regions=30)
     monkeypatch.setattr(join, "JOINED_BATCH_ROWS", 64)  # buckets end inside batches
     weights = {}
@@ -220,6 +221,7 @@ def test_a_run_joined_bucket_by_bucket_equals_a_run_joined_at_once(tmp_path, mon
         pipeline.run(make_config(weather=w, yields=y, output=str(out), run_id="r", trainer="nn", epochs=3, seed=5))
         weights[buckets] = pq.read_table(out / "weights" / "run_id=r").to_pydict()
     assert weights[1] == weights[4]
+    assert any("partitioned into 4 buckets of regions" in r.getMessage() for r in caplog.records)
 
 
 def test_fixed_batches_cut_any_batches_into_batches_of_one_size():
@@ -233,3 +235,25 @@ def test_fixed_batches_cut_any_batches_into_batches_of_one_size():
     assert [b.num_rows for b in out] == [10] * 5 + [3]
     assert np.concatenate([b.column(0).to_numpy() for b in out]).tolist() == list(range(start))
     assert cut.flush() == []
+
+
+@pytest.mark.parametrize("table", ["weather", "yields"])
+@pytest.mark.parametrize("fault", ["null", "long"])
+def test_a_bad_value_in_a_second_key_column_names_the_file(tmp_path, table, fault):
+    """The key check is one GROUP BY region per table: a null or overlong value in another key column still
+    names the file and column."""
+    regions = [f"R{i}" for i in range(8)]
+    fields = [f"f{i}" for i in range(8)]
+    bad = list(fields)
+    bad[3] = None if fault == "null" else "x" * 5000
+    rng = np.random.default_rng(1)
+    w = write(tmp_path / "w.parquet", region=regions, field=bad if table == "weather" else fields,
+              temp=rng.normal(size=8), rainfall=rng.normal(size=8))
+    y = write(tmp_path / "y.parquet", region=regions, field=bad if table == "yields" else fields,
+              apples=rng.normal(size=8))
+    message = r"null value" if fault == "null" else r"longer than"
+    with pytest.raises(InputError, match=rf"{table} table.*'field'.*{message}|{table} table.*{message}.*'field'"):
+        pipeline.run(make_config(weather=w, yields=y, output=str(tmp_path / "out"), run_id="r",
+                                 join_keys=["region", "field"], features=["temp", "rainfall"], targets=["apples"],
+                                 holdout_fraction=0.0))
+    assert not (tmp_path / "out" / "runs").exists()
