@@ -186,8 +186,8 @@ def _join_tables(con: duckdb.DuckDBPyConnection, weather: Table, yields: Table, 
     One pass: DuckDB joins (out of core) and hands back Arrow record batches, which are checked (null, NaN
     or infinite values name their file through `linreg.validate`) and appended to the joined file; a 64-bit
     hash of each row's key goes to a side file, whose sort finds duplicated keys (`duplicate_hashes`), and
-    only then DuckDB's exact GROUP BY names them. Key columns are checked (nulls, overlong keys) from their
-    distinct values, which also give the regions of both tables (`JoinResult.regions_path`).
+    only then DuckDB's exact GROUP BY names them. Key columns are checked (nulls, overlong keys) by one
+    GROUP BY region per table, which also gives the regions of both tables (`JoinResult.regions_path`).
 
     ordered: rows sorted by keys (what the gradient trainers need to be reproducible; the exact solver is
     independent of row order, so it skips the sort). row_filter: a DuckDB condition keeping one rank's
