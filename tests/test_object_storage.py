@@ -86,6 +86,23 @@ def test_run_reads_and_writes_object_storage(tmp_path, s3_bucket):
     assert fs.get_file_info(f"{root}/{outputs.STAGING}").type == pafs.FileType.NotFound
 
 
+def test_inputs_on_object_storage_join_bucket_by_bucket(tmp_path, s3_bucket, monkeypatch):
+    """Inputs read through pyarrow's S3 filesystem take the bucketed join too (DuckDB's partitioned COPY
+    scans the registered datasets): the same weights as one join of the local copies."""
+    from linreg import join
+
+    w, y, _, _ = linear_tables(tmp_path, files=3)
+    weather = upload(w, f"s3://{s3_bucket}/bucketed/weather")
+    yields = upload(y, f"s3://{s3_bucket}/bucketed/yields")
+    local = pipeline.run(make_config(weather=w, yields=y, output=str(tmp_path / "one"), run_id="b", trainer="nn",
+                                     epochs=3, seed=2))
+    monkeypatch.setattr(join, "bucket_count", lambda *args: 3)
+    remote = pipeline.run(make_config(weather=weather, yields=yields, output=str(tmp_path / "three"), run_id="b",
+                                      trainer="nn", epochs=3, seed=2))
+    assert remote.joined.joined_rows == local.joined.joined_rows == 200
+    assert remote.weights == local.weights
+
+
 def _crash_at(monkeypatch, k):
     count = {"n": 0}
 
