@@ -343,7 +343,7 @@ def _value_bytes(kind: pa.DataType) -> int:
     """DuckDB's in-memory bytes of one value: 16 for a string's header plus ~8 of text, 8 for numbers."""
     if pa.types.is_dictionary(kind):
         kind = kind.value_type
-    return 24 if pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_binary(kind) else 8
+    return 24 if key_kind(kind) == "string" or pa.types.is_binary(kind) else 8
 
 
 def bucket_count(input_bytes: int, memory_limit: int, ordered: bool) -> int:
@@ -366,10 +366,10 @@ def bucket_cuts(region_rows: np.ndarray, count: int) -> list[int]:
 
 @dataclass
 class Partitioned:
-    """Both tables' needed columns, written once into local Parquet files per bucket of regions."""
+    """Both tables' needed columns, written once into local Parquet files per bucket of regions, under
+    `directory`."""
 
     directory: str
-    buckets: int
 
     def views(self, con: duckdb.DuckDBPyConnection, bucket: int) -> tuple[str, str]:
         """Views over one bucket's weather and yields rows."""
@@ -383,7 +383,7 @@ class Partitioned:
 def partition_inputs(con: duckdb.DuckDBPyConnection, needed: tuple[list[str], list[str]], regions: pa.Table,
                      cuts: list[int], directory: str, flush_rows: int) -> Partitioned:
     """One pass over each table (views `weather_rows` and `yields`) writing its `needed` columns to
-    `directory/<table>/bucket=<k>/` by the region's bucket (regions below region number cuts[0] in bucket
+    `directory/<table>/linreg_bucket=<k>/` by the region's bucket (regions below region number cuts[0] in bucket
     0, and so on), with DuckDB's partitioned COPY, uncompressed. The bucket comes from comparisons with the
     boundary regions (a binary tree of CASEs: log2(buckets) comparisons a row), not a join, so the pass
     needs no memory per region. `flush_rows` bounds the rows DuckDB buffers per bucket."""
@@ -416,7 +416,7 @@ def partition_inputs(con: duckdb.DuckDBPyConnection, needed: tuple[list[str], li
             if not os.path.isdir(folder):
                 os.makedirs(folder)
                 pq.write_table(empty, os.path.join(folder, "empty.parquet"))
-    return Partitioned(directory, len(cuts))
+    return Partitioned(directory)
 
 
 class FixedBatches:

@@ -17,7 +17,6 @@ import secrets
 import shutil
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,6 +27,7 @@ import torch
 
 import linreg
 from linreg import blas, metrics, outputs, ranks, shard
+from linreg.background import BackgroundWriter, read_ahead
 from linreg.config import TrainConfig
 from linreg.errors import InputError
 from linreg.fit import FitResult, TrainOptions, fit
@@ -200,9 +200,10 @@ def fit_model(plan: RunPlan, joined: JoinResult, split: Split, cluster: Cluster 
             if progress.done % (64 * BATCH_ROWS) < batch.num_rows:  # about every 16M rows: still alive
                 plan.staging.renew_lease()
             train = ~split.holdout_mask(batch, lookup, REGION_INDEX)
-            train = None if train.all() else train  # no copy when no row of the batch is held out
-            yield (matrix(batch, columns.features, rows=train), matrix(batch, columns.targets, rows=train),
-                   *([matrix(batch, weight, np.float64, rows=train)[:, 0]] if weight else []))
+            if not train.all():  # one Arrow filter of the batch (no copy when no row of it is held out)
+                batch = batch.filter(pa.array(train, type=pa.bool_()))
+            yield (matrix(batch, columns.features), matrix(batch, columns.targets),
+                   *([matrix(batch, weight, np.float64)[:, 0]] if weight else []))
 
     def stream(shift, scale, n_rows, mean_weight) -> StreamedRows:
         log.info("the %d training rows exceed half the memory budget (%s): streaming them from %s every epoch",
@@ -214,7 +215,7 @@ def fit_model(plan: RunPlan, joined: JoinResult, split: Split, cluster: Cluster 
                                                                                     len(columns.features + columns.targets) + 1))
 
     with blas.one_thread():
-        result = fit(train_batches, trainer=config.trainer, features=columns.features, targets=columns.targets,
+        result = fit(lambda: read_ahead(train_batches()), trainer=config.trainer, features=columns.features, targets=columns.targets,
                      options=TrainOptions.from_config(config), cluster=cluster, checkpoint=checkpoint,
                      stream=stream, memory_limit=config.memory_budget_bytes() // 2)
     if result.epochs:
@@ -317,31 +318,6 @@ def evaluate_model(plan: RunPlan, joined: JoinResult, split: Split, fit: FitResu
 def read_regions(joined: JoinResult) -> pa.ChunkedArray:
     """The regions of the joined rows, in the order of their numbers (`REGION_INDEX`)."""
     return pq.read_table(joined.regions_path).column("region")
-
-
-class BackgroundWriter:
-    """Writes tables to a ParquetWriter on one background thread (encoding and compression release the
-    GIL), so that the next batch is computed meanwhile; at most two tables wait, so memory stays bounded."""
-
-    def __init__(self, writer):
-        self._writer = writer
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet-writer")
-        self._pending = []
-
-    def write(self, table: pa.Table) -> None:
-        while len(self._pending) >= 2:
-            self._pending.pop(0).result()  # re-raises a failed write here
-        self._pending.append(self._pool.submit(self._writer.write_table, table, row_group_size=table.num_rows))
-
-    def __enter__(self) -> "BackgroundWriter":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        try:
-            for future in self._pending:
-                future.result()
-        finally:
-            self._pool.shutdown(wait=True)
 
 
 @dataclass
