@@ -6,7 +6,8 @@ record batches. Those are checked and appended to an uncompressed Arrow IPC file
 which every later pass (fit, evaluation, streamed epochs) reads back at memory speed instead of joining
 again. (Writing the joined rows as Parquet instead cost more than the join itself.) For the gradient
 trainers rows come out sorted by the keys, so that a seeded run is reproducible whatever the order
-DuckDB's threads produce rows in.
+DuckDB's threads produce rows in. Inputs too large to join at once within DuckDB's memory limit are
+joined bucket by bucket of regions (`linreg.buckets`), into the same joined file.
 """
 
 from __future__ import annotations
@@ -24,15 +25,16 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from linreg.buckets import FixedBatches, bucket_count, bucket_cuts, partition_inputs, value_bytes
 from linreg.errors import InputError, format_examples
 from linreg.io import Table, is_input_fault
 from linreg.schema import Columns, key_kind
+from linreg.sql import MIN_DUCKDB_MEMORY, quote
 from linreg.validate import MAX_EXAMPLES, MAX_KEY_CHARS, bad_mask, check_values, example_keys
 
 JOINED_BATCH_ROWS = 128 * 1024  # rows per record batch of the joined file
 KEY_HASH = "__linreg_key_hash"
 log = logging.getLogger(__name__)
-MIN_DUCKDB_MEMORY = 128 * 2**20  # below it DuckDB cannot join and sort, even when spilling
 REGION_INDEX = "__region_index"  # column of the joined rows: the row's region's number in JoinResult.regions_path
 
 
@@ -55,11 +57,6 @@ class JoinResult:
     @property
     def yields_dropped(self) -> int:
         return self.yields_rows - self.joined_rows
-
-
-def quote(name: str) -> str:
-    """A SQL identifier, quoted for DuckDB."""
-    return '"' + name.replace('"', '""') + '"'
 
 
 def connect(work_dir: str, memory_limit_bytes: int) -> duckdb.DuckDBPyConnection:
@@ -223,7 +220,7 @@ def _join_tables(con: duckdb.DuckDBPyConnection, weather: Table, yields: Table, 
         con.execute("CREATE OR REPLACE TEMP VIEW weather AS SELECT * FROM weather_rows")
     values = columns.features + columns.targets + ([weight_column] if weight_column else [])
     needed = (columns.keys + columns.features, columns.keys + columns.targets + ([weight_column] if weight_column else []))
-    row_bytes = [sum(_value_bytes(t.schema.field(c).type) for c in names) for t, names in zip((weather, yields), needed)]
+    row_bytes = [sum(value_bytes(t.schema.field(c).type) for c in names) for t, names in zip((weather, yields), needed)]
     input_rows = [int(pc.sum(t.column("n_rows")).as_py() or 0) for t in (weather_regions, yields_regions)]
     count = buckets or bucket_count(input_rows[0] * row_bytes[0] + input_rows[1] * row_bytes[1], memory_limit, ordered)
     cuts = bucket_cuts(region_rows, count)
@@ -328,123 +325,6 @@ def region_index(weather_regions: pa.Table, yields_regions: pa.Table) -> tuple[p
     rows = kept.column("n_rows").to_numpy() + yields_regions.column("n_rows").to_numpy()[other.to_numpy()]
     table = pa.table({"region": kept.column("region"), REGION_INDEX: pa.array(np.arange(kept.num_rows, dtype=np.int32))})
     return table, rows.astype(np.int64)
-
-
-# How many bytes of input (estimated by `_value_bytes`) DuckDB joins at once per byte of its memory limit.
-# Measured on the 100M-row benchmark tables (~52 bytes a row): the sorted join of 12.5M input rows (650MB)
-# passed at 128MB, 5x; of 200M rows (10.4GB) it failed at 256MB (40x) and passed at 1GB (10x). The
-# unsorted join of 200M rows passed at 256MB (40x) and failed at 128MB (81x). Margins of 1.25-2.5x.
-SORTED_JOIN_INPUT_PER_LIMIT = 4
-JOIN_INPUT_PER_LIMIT = 16
-MAX_BUCKETS = 256
-
-
-def _value_bytes(kind: pa.DataType) -> int:
-    """DuckDB's in-memory bytes of one value: 16 for a string's header plus ~8 of text, 8 for numbers."""
-    if pa.types.is_dictionary(kind):
-        kind = kind.value_type
-    return 24 if key_kind(kind) == "string" or pa.types.is_binary(kind) else 8
-
-
-def bucket_count(input_bytes: int, memory_limit: int, ordered: bool) -> int:
-    """Buckets to join the inputs in, so that each bucket's input fits what DuckDB joins within its limit."""
-    per_limit = SORTED_JOIN_INPUT_PER_LIMIT if ordered else JOIN_INPUT_PER_LIMIT
-    return int(min(MAX_BUCKETS, max(1, -(-input_bytes // (per_limit * max(memory_limit, MIN_DUCKDB_MEMORY))))))
-
-
-def bucket_cuts(region_rows: np.ndarray, count: int) -> list[int]:
-    """Ends (exclusive region numbers) of up to `count` ranges of consecutive regions with about equal rows;
-    the last is the number of regions. A region is never split, so a bucket holds at least one region."""
-    total = len(region_rows)
-    if count <= 1 or total <= 1:
-        return [total]
-    cumulative = np.cumsum(region_rows)
-    targets = cumulative[-1] * np.arange(1, count) / count
-    cuts = np.unique(np.searchsorted(cumulative, targets, side="right"))
-    return [int(c) for c in cuts if 0 < c < total] + [total]
-
-
-@dataclass
-class Partitioned:
-    """Both tables' needed columns, written once into local Parquet files per bucket of regions, under
-    `directory`."""
-
-    directory: str
-
-    def views(self, con: duckdb.DuckDBPyConnection, bucket: int) -> tuple[str, str]:
-        """Views over one bucket's weather and yields rows."""
-        for name in ("weather", "yields"):
-            path = os.path.join(self.directory, name, f"linreg_bucket={bucket}", "*.parquet").replace("'", "''")
-            con.execute(f"CREATE OR REPLACE TEMP VIEW linreg_bucket_{name} AS SELECT * FROM read_parquet('{path}', "
-                        "hive_partitioning = false)")
-        return "linreg_bucket_weather", "linreg_bucket_yields"
-
-
-def partition_inputs(con: duckdb.DuckDBPyConnection, needed: tuple[list[str], list[str]], regions: pa.Table,
-                     cuts: list[int], directory: str, flush_rows: int) -> Partitioned:
-    """One pass over each table (views `weather_rows` and `yields`) writing its `needed` columns to
-    `directory/<table>/linreg_bucket=<k>/` by the region's bucket (regions below region number cuts[0] in bucket
-    0, and so on), with DuckDB's partitioned COPY, uncompressed. The bucket comes from comparisons with the
-    boundary regions (a binary tree of CASEs: log2(buckets) comparisons a row), not a join, so the pass
-    needs no memory per region. `flush_rows` bounds the rows DuckDB buffers per bucket."""
-    shutil.rmtree(directory, ignore_errors=True)
-    con.register("linreg_bounds", regions.take(pa.array(cuts[:-1], type=pa.int64())))
-    bounds = [r[0] for r in con.sql("SELECT CAST(region AS VARCHAR) FROM linreg_bounds").fetchall()]
-    region_type = con.sql("SELECT typeof(region) FROM linreg_bounds LIMIT 1").fetchall()[0][0]
-    con.unregister("linreg_bounds")
-    con.execute(f"SET partitioned_write_flush_threshold = {int(flush_rows)}")
-
-    def bucket_of(column: str, lo: int, hi: int) -> str:  # buckets lo..hi-1
-        if hi - lo == 1:
-            return str(lo)
-        mid = (lo + hi) // 2
-        bound = "'" + bounds[mid - 1].replace("'", "''") + "'"
-        return (f"CASE WHEN {column} < CAST({bound} AS {region_type}) THEN {bucket_of(column, lo, mid)} "
-                f"ELSE {bucket_of(column, mid, hi)} END")
-
-    region = needed[0][0]
-    for name, view, columns in (("weather", "weather_rows", needed[0]), ("yields", "yields", needed[1])):
-        target = os.path.join(directory, name)
-        os.makedirs(target)
-        select = ", ".join(quote(c) for c in columns)
-        con.execute(f"COPY (SELECT {select}, {bucket_of(quote(region), 0, len(cuts))} AS linreg_bucket FROM {view}) "
-                    f"TO '{target.replace(chr(39), chr(39) * 2)}' (FORMAT parquet, PARTITION_BY (linreg_bucket), "
-                    "COMPRESSION uncompressed)")
-        empty = con.sql(f"SELECT {select} FROM {view} LIMIT 0").to_arrow_table()
-        for bucket in range(len(cuts)):  # a bucket with no rows on one side still needs a file to read
-            folder = os.path.join(target, f"linreg_bucket={bucket}")
-            if not os.path.isdir(folder):
-                os.makedirs(folder)
-                pq.write_table(empty, os.path.join(folder, "empty.parquet"))
-    return Partitioned(directory)
-
-
-class FixedBatches:
-    """Record batches of exactly `rows` rows (the last may be shorter) out of batches of any size, so that the
-    joined file is cut the same however many buckets the join ran in (and float64 sums over its batches
-    come out the same to the bit)."""
-
-    def __init__(self, rows: int):
-        self.rows, self.pending, self.count = rows, [], 0
-
-    def add(self, batch: pa.RecordBatch) -> list[pa.RecordBatch]:
-        if not self.pending and batch.num_rows == self.rows:
-            return [batch]
-        self.pending.append(batch)
-        self.count += batch.num_rows
-        if self.count < self.rows:
-            return []
-        table, out = pa.Table.from_batches(self.pending), []
-        while table.num_rows >= self.rows:
-            out.append(table.slice(0, self.rows).combine_chunks().to_batches()[0])
-            table = table.slice(self.rows)
-        self.pending, self.count = table.to_batches(), table.num_rows
-        return out
-
-    def flush(self) -> list[pa.RecordBatch]:
-        rest = pa.Table.from_batches(self.pending).combine_chunks().to_batches() if self.count else []
-        self.pending, self.count = [], 0
-        return rest
 
 
 def join_query(columns: Columns, weight_column: str | None, weather: str, yields: str, ordered: bool) -> str:

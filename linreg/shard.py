@@ -21,7 +21,7 @@ import hashlib
 import pyarrow.dataset as ds
 
 from linreg.io import Table
-from linreg.join import quote
+from linreg.sql import quote
 
 
 def rank_of(region, world_size: int) -> int:

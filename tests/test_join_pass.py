@@ -12,7 +12,8 @@ from linreg import pipeline
 from linreg.config import make_config
 from linreg.errors import InputError
 from linreg.io import open_table
-from linreg.join import MAX_BUCKETS, FixedBatches, bucket_count, bucket_cuts, connect, duplicate_hashes, join_tables
+from linreg.buckets import MAX_BUCKETS, FixedBatches, bucket_count, bucket_cuts
+from linreg.join import connect, duplicate_hashes, join_tables
 from linreg.metrics import RegionErrors
 from linreg.schema import resolve_columns
 from tests.helpers import linear_tables, write
