@@ -219,15 +219,18 @@ def _join_tables(con: duckdb.DuckDBPyConnection, weather: Table, yields: Table, 
     else:
         con.execute("CREATE OR REPLACE TEMP VIEW weather AS SELECT * FROM weather_rows")
     values = columns.features + columns.targets + ([weight_column] if weight_column else [])
-    needed = (columns.keys + columns.features, columns.keys + columns.targets + ([weight_column] if weight_column else []))
+    needed = (columns.keys + columns.features,
+              columns.keys + columns.targets + ([weight_column] if weight_column else []))
     row_bytes = [sum(value_bytes(t.schema.field(c).type) for c in names) for t, names in zip((weather, yields), needed)]
     input_rows = [int(pc.sum(t.column("n_rows")).as_py() or 0) for t in (weather_regions, yields_regions)]
     count = buckets or bucket_count(input_rows[0] * row_bytes[0] + input_rows[1] * row_bytes[1], memory_limit, ordered)
     cuts = bucket_cuts(region_rows, count)
     if len(cuts) > 1:
         started = time.perf_counter()
-        partitioned = partition_inputs(con, needed, regions, cuts, os.path.join(os.path.dirname(out_path),
-                                       "join-buckets"), flush_rows=max(2048, max(memory_limit, MIN_DUCKDB_MEMORY) // (8 * len(cuts) * max(row_bytes))))
+        # rows DuckDB buffers per bucket: together an eighth of its memory
+        flush_rows = max(2048, max(memory_limit, MIN_DUCKDB_MEMORY) // (8 * len(cuts) * max(row_bytes)))
+        partitioned = partition_inputs(con, needed, regions, cuts,
+                                       os.path.join(os.path.dirname(out_path), "join-buckets"), flush_rows)
         log.info("the inputs (%d + %d rows) are larger than DuckDB joins at once within %dMB: partitioned into %d "
                  "buckets of regions in %.1f s, joined bucket by bucket", input_rows[0], input_rows[1],
                  memory_limit // 2**20, len(cuts), time.perf_counter() - started)
@@ -245,8 +248,8 @@ def _join_tables(con: duckdb.DuckDBPyConnection, weather: Table, yields: Table, 
                     views = partitioned.views(con, cuts.index(hi))
                 con.register("linreg_regions", regions.slice(lo, hi - lo))
                 if aggregate:
-                    con.execute(f"CREATE OR REPLACE TEMP VIEW linreg_weather AS SELECT {key_list}, {aggs} FROM {views[0]} "
-                                f"GROUP BY {key_list}")
+                    con.execute(f"CREATE OR REPLACE TEMP VIEW linreg_weather AS SELECT {key_list}, {aggs} "
+                                f"FROM {views[0]} GROUP BY {key_list}")
                     weather_keys += con.sql("SELECT count(*) FROM linreg_weather").fetchall()[0][0]
                 else:
                     con.execute(f"CREATE OR REPLACE TEMP VIEW linreg_weather AS SELECT * FROM {views[0]}")
