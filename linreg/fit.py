@@ -12,11 +12,10 @@ standardized features, intercept unpenalized, the same objective for every train
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
-
-import logging
 
 import numpy as np
 import torch
@@ -72,9 +71,9 @@ class FitResult:
     streamed: bool = False  # the gradient trainer re-read the rows from disk every epoch
 
 
-def fit(batches: Iterable[tuple[np.ndarray, ...]] | Callable[[], Iterable[tuple[np.ndarray, ...]]], *, trainer: str, features: list[str],
-        targets: list[str], options: TrainOptions = TrainOptions(), cluster: dist.Cluster | None = None,
-        checkpoint=None, stream=None, memory_limit: int | None = None) -> FitResult:
+def fit(batches: Iterable[tuple[np.ndarray, ...]] | Callable[[], Iterable[tuple[np.ndarray, ...]]], *,
+        trainer: str, features: list[str], targets: list[str], options: TrainOptions = TrainOptions(),
+        cluster: dist.Cluster | None = None, checkpoint=None, stream=None, memory_limit: int | None = None) -> FitResult:
     """Fit on batches of X (m, p), Y (m, k) and optionally sample weights w (m,), any float dtype (kept at
     stored precision for `exact`).
 

@@ -215,9 +215,9 @@ def fit_model(plan: RunPlan, joined: JoinResult, split: Split, cluster: Cluster 
                                                                                     len(columns.features + columns.targets) + 1))
 
     with blas.one_thread():
-        result = fit(lambda: read_ahead(train_batches()), trainer=config.trainer, features=columns.features, targets=columns.targets,
-                     options=TrainOptions.from_config(config), cluster=cluster, checkpoint=checkpoint,
-                     stream=stream, memory_limit=config.memory_budget_bytes() // 2)
+        result = fit(lambda: read_ahead(train_batches()), trainer=config.trainer, features=columns.features,
+                     targets=columns.targets, options=TrainOptions.from_config(config), cluster=cluster,
+                     checkpoint=checkpoint, stream=stream, memory_limit=config.memory_budget_bytes() // 2)
     if result.epochs:
         log.info("%s trainer: %d epoch(s), lr %.3g, %s; %.2f s", config.trainer, result.epochs, result.lr,
                  result.stop_reason, result.seconds)

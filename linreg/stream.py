@@ -60,7 +60,7 @@ class StreamedRows:
         yield from self._drain(pending, rng, batch, device, p, k, final=True)
 
     def _rows(self, record_batch: pa.RecordBatch, columns: list[str], width: int) -> np.ndarray:
-        rows = matrix(record_batch, columns, np.float64)[self.keep(record_batch)]
+        rows = matrix(record_batch, columns, np.float64, rows=self.keep(record_batch))
         rows[:, :width] = (rows[:, :width] - self.shift) / self.scale
         return rows.astype(np.float32)
 
