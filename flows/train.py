@@ -30,7 +30,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
 from flows import cli
-from linreg import pipeline
+from linreg import destination, pipeline
 from linreg.config import TrainConfig, build_parser, config_from_args
 from tasks.dist_steps import run_job
 from tasks.train_steps import (commit_run, evaluate_model, find_unchanged_run, fit_model, join_inputs, plan_run,
@@ -88,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def action() -> str | int:
         config = config_from_args(args)
+        destination.check_writable(config.output)  # a wrong --output fails at once, before Prefect or torchrun start
         if config.nproc_per_node is not None or config.nnodes > 1:  # launch the ranks with torchrun
             from linreg import launch
 

@@ -12,8 +12,9 @@ from typing import Iterator
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
-from linreg.errors import InputError, TransientIOError, is_transient
+from linreg.errors import InputError, TransientIOError, format_examples, is_transient
 
 BATCH_ROWS = 256 * 1024  # rows per record batch handed to numpy/torch: large enough to amortize, small enough to bound memory
 
@@ -69,6 +70,12 @@ def open_table(path: str, role: str) -> Table:
     except (pa.ArrowException, OSError) as exc:
         if not is_input_fault(exc):
             raise
+        duplicate = _duplicate_columns(filesystem, root, info.type)
+        if duplicate is not None:
+            file, names = duplicate
+            raise InputError(f"The {role} table {path!r}: file {file!r} has more than one column named "
+                             f"{format_examples(names)}. Column names must be unique within a file: rename or "
+                             "drop the repeated column(s).") from None
         raise InputError(f"The {role} table {path!r} is not a readable Parquet dataset: {_first_line(exc)}") from None
     files = sorted(dataset.files)
     if not files:
@@ -80,7 +87,7 @@ def open_table(path: str, role: str) -> Table:
 
 def check_footers(table: Table) -> None:
     """Read every file's footer: InputError naming the first file that is not Parquet (truncated, empty,
-    another format), or that holds a column also given by its hive partition directory (`year=2020/` and a
+    another format), that repeats a column name, or that holds a column also given by its hive partition directory (`year=2020/` and a
     `year` column: which one is meant is ambiguous, and Spark rejects it too)."""
     for fragment in table.fragments():
         try:
@@ -92,6 +99,11 @@ def check_footers(table: Table) -> None:
             raise InputError(f"The {table.describe()}: file {fragment.path!r} is not a readable Parquet file "
                              f"({_first_line(exc)}). Remove it, or write it again; files named _* or .* "
                              "are skipped.") from None
+        repeated = sorted({n for n in physical.names if physical.names.count(n) > 1})
+        if repeated:
+            raise InputError(f"The {table.describe()}: file {fragment.path!r} has more than one column named "
+                             f"{format_examples(repeated)}. Column names must be unique within a file: rename or "
+                             "drop the repeated column(s).")
         both = [n for n in ds.get_partition_keys(fragment.partition_expression) if n in physical.names]
         if both:
             raise InputError(f"The {table.describe()}: file {fragment.path!r} has a column {both[0]!r} and also lies "
@@ -124,6 +136,26 @@ NETWORK_SIGNS = ("AWS Error", "curl", "Curl", "onnection", "imed out", "imeout",
                  "Temporary failure", "Broken pipe", "Too many open files")
 DATA_ERROR_SIGNS = ("magic bytes", "Parquet file size", "thrift", "Thrift", "deserializ", "Corrupt", "corrupt",
                     "Unexpected end of stream", "page header", "ecompress")
+
+
+def _duplicate_columns(filesystem: pafs.FileSystem, root: str, kind: pafs.FileType) -> tuple[str, list[str]] | None:
+    """(file, repeated column names) of the first file under `root` whose schema repeats a column name, or
+    None. Only called on the error path: reads footers until it finds one."""
+    if kind == pafs.FileType.File:
+        paths = [root]
+    else:
+        infos = filesystem.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
+        paths = sorted(i.path for i in infos if i.type == pafs.FileType.File
+                       and not any(part.startswith(("_", ".")) for part in i.path[len(root):].split("/")))
+    for file in paths:
+        try:
+            names = pq.read_schema(file, filesystem=filesystem).names
+        except (pa.ArrowException, OSError):
+            continue
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            return file, repeated
+    return None
 
 
 def _partition_clash_hint(filesystem: pafs.FileSystem, root: str) -> str:

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 import torch
 
 import linreg
-from linreg import blas, metrics, outputs, ranks, shard
+from linreg import blas, destination, metrics, outputs, ranks, shard
 from linreg.background import BackgroundWriter, read_ahead
 from linreg.config import TrainConfig
 from linreg.errors import InputError
@@ -83,6 +83,7 @@ def versions() -> dict[str, str]:
 def plan_run(config: TrainConfig) -> RunPlan:
     """Finish or sweep earlier interrupted commits; open both tables, check their schemas (footers only),
     fingerprint them, and make the staging area."""
+    destination.check_writable(config.output)
     outputs.recover(config.output)
     weather = open_table(config.weather, "weather")
     yields = open_table(config.yields, "yields")

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from linreg import outputs
+from linreg import destination, outputs
 from linreg.config import RUN_ID_PATTERN
 from linreg.errors import InputError, format_examples
 from linreg.estimator import TrainedRun, load_run
@@ -125,6 +125,7 @@ def score(config: ScoreConfig) -> ScoreSummary:
     """Validate the weather table against the model, predict it batch by batch, and commit the scores."""
     start = time.perf_counter()
     run = load_run(config.model)
+    destination.check_writable(config.output or run.output)
     table = open_table(config.weather, "weather")
     keys = score_keys(run, table)
     check_features(table, keys, run, allow_extra=config.allow_extra_columns)

@@ -226,3 +226,34 @@ def test_bad_yields_input_is_named_as_such(env):
 def test_missing_input(env):
     env.fails(env.dir / "nowhere", "does not exist")
     assert not os.path.exists(env.dir / "nowhere")
+
+
+def _with_duplicate(path: Path, role: str, name: str) -> str:
+    """A Parquet file of the good columns of `role` where column `name` appears twice."""
+    import pyarrow.parquet as pq
+
+    data = columns(role)
+    names = list(data) + [name]
+    arrays = [pa.array(v) for v in data.values()] + [pa.array(data[name])]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_arrays(arrays, names=names), path)
+    return str(path)
+
+
+def test_duplicate_column_names_in_a_file_name_the_file_and_column(env):
+    bad = _with_duplicate(env.dir / "dup.parquet", "weather", "temp")
+    env.fails(bad, r"dup\.parquet", r"more than one column named 'temp'")
+
+
+@pytest.mark.parametrize("position", ["first", "second"])
+def test_duplicate_column_names_in_one_file_of_a_directory(env, position):
+    folder = env.dir / "dupdir"
+    good = write(folder / ("b.parquet" if position == "first" else "a.parquet"), **columns("weather"))
+    bad = _with_duplicate(folder / ("a.parquet" if position == "first" else "b.parquet"), "weather", "rainfall")
+    assert Path(good).exists()
+    env.fails(folder, re.escape(bad), r"more than one column named 'rainfall'")
+
+
+def test_duplicate_column_names_in_the_yields_table(env):
+    bad = _with_duplicate(env.dir / "y-dup.parquet", "yields", "apples")
+    env.fails(env.dir / "good" / "weather.parquet", r"yields table", r"y-dup\.parquet", r"'apples'", yields=bad)
