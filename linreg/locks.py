@@ -150,17 +150,21 @@ def _boto3():
 
 
 def s3_client(output: str):
-    """A boto3 S3 client for the store of `output` (endpoint and region from the URI's query or AWS_* variables)."""
-    query = urllib.parse.urlsplit(output).query
-    return _client(query, *(os.environ.get(v) for v in ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_PROFILE",
-                                                          "AWS_ACCESS_KEY_ID")))
+    """A boto3 S3 client for the store of `output` (endpoint and region from the URI's query or AWS_* variables;
+    credentials from the URI's user-info, as pyarrow takes them, else the usual AWS chain)."""
+    from linreg import redact
+
+    uri = urllib.parse.urlsplit(redact.reveal(output))
+    keys = (urllib.parse.unquote(uri.username or ""), urllib.parse.unquote(uri.password or ""))
+    return _client(uri.query, keys, *(os.environ.get(v) for v in ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION",
+                                                                    "AWS_PROFILE", "AWS_ACCESS_KEY_ID")))
 
 
 @functools.lru_cache(maxsize=8)
-def _client(query_string: str, *environment):
+def _client(query_string: str, keys: tuple[str, str], *environment):
     """One client per store (creating one costs ~0.1 s); boto3 clients are thread-safe."""
     query = dict(urllib.parse.parse_qsl(query_string))
-    kwargs = {}
+    kwargs = {"aws_access_key_id": keys[0], "aws_secret_access_key": keys[1]} if keys[0] else {}
     if "endpoint_override" in query:
         scheme = query.get("scheme", "https")
         endpoint = query["endpoint_override"]

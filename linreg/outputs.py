@@ -5,19 +5,27 @@ Layout under the output root (a local path or any URI pyarrow understands, e.g. 
     <root>/<dataset>/run_id=<id>/part-0.parquet     weights, metrics, predictions, runs (the index)
     <root>/_staging/<id>.<token>/                    a run's files until it commits (never inside a dataset)
 
-Protocol (the same in spirit on both kinds of storage):
+Protocol (the same in spirit on both kinds of storage; docs/commit-protocol.md has every fsync and why):
 1. A run writes its files to a local directory (`Staging.file`): straight into its staging area when
    the output is local, into its work directory otherwise.
-2. `commit()`: files of a remote run are uploaded into the staging area; then a journal `_COMMIT` is
-   written there: from this point the commit is decided and will be rolled forward.
+2. `commit()`: locally every staged file and folder is fsynced (`durable.sync_tree`); files of a remote
+   run are uploaded into the staging area. Then a journal `_COMMIT` is written there, whole or not at all
+   (locally `durable.write_atomic`: a temporary name, fsync, rename, fsync of the folder): from this
+   point the commit is decided and will be rolled forward.
 3. Each dataset's partition is moved into place, the runs index last. Locally the `run_id=<id>`
-   directory is renamed (an existing one is first renamed away): a reader globbing the dataset sees the
-   partition whole or not at all. On object storage each partition is a single object (however many row
-   groups it holds), copied into place: its creation is atomic.
+   directory is renamed (an existing one is first renamed away into `replaced-<dataset>`), and the
+   destination folder is fsynced after each rename (`durable.rename`): a reader globbing the dataset sees the
+   partition whole or not at all, and so does a restart after a power loss. On object storage each
+   partition is a single object (however many row groups it holds), copied into place: its creation is
+   atomic, and an acknowledged PUT is durable.
 4. The staging area is deleted.
 `recover()`, which every run calls before anything else, rolls forward any staging area with a journal
 (a commit interrupted between datasets) and removes staging areas without one whose lease is stale
-(runs killed before they committed). A run is committed when its runs-index entry exists.
+(runs killed before they committed). A journal that cannot be read (empty, torn, garbage: written by an
+older version, or damaged) is judged from what the area holds: if a move had begun (a `replaced-*` folder,
+or a staged partition gone) the commit is completed, else the area is removed (not committed). Locally a
+runs-index entry that is not a readable Parquet file is removed (that run is not committed). A run is
+committed when its runs-index entry exists.
 
 Steps 2-4, and recover's roll-forward and sweep, hold the run id's commit lock (`linreg.locks`), so one
 process at a time moves a run id's partitions. Two runs with the same id at the same time: the commit
@@ -42,7 +50,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from linreg import locks
+from linreg import durable, locks, redact
 from linreg.errors import RunConflictError
 
 log = logging.getLogger(__name__)
@@ -59,7 +67,7 @@ STALE_LEASE = dt.timedelta(hours=24)  # an uncommitted staging area untouched th
 def resolve(output: str) -> tuple[pafs.FileSystem, str, bool]:
     """(filesystem, root path within it, is_local) for an output root given as a path or URI."""
     if "://" in output:
-        filesystem, root = pafs.FileSystem.from_uri(output)
+        filesystem, root = pafs.FileSystem.from_uri(redact.reveal(output))  # the real URI (linreg/redact.py)
     else:
         filesystem, root = pafs.LocalFileSystem(), os.path.abspath(output)
     return filesystem, root.rstrip("/"), isinstance(filesystem, pafs.LocalFileSystem)
@@ -89,7 +97,10 @@ class Staging:
         filesystem, root, is_local = resolve(output)
         name = f"{run_id}.{secrets.token_hex(4)}"
         area = f"{root}/{STAGING}/{name}"
-        filesystem.create_dir(area, recursive=True)
+        if is_local:  # the area's own entry must survive a power loss once its journal does
+            durable.makedirs(area)
+        else:
+            filesystem.create_dir(area, recursive=True)
         local_dir = area if is_local else tempfile.mkdtemp(prefix=f"linreg-stage-{run_id}-")
         staging = cls(output=output, run_id=run_id, name=name, local_dir=local_dir, datasets=tuple(datasets),
                       filesystem=filesystem, root=root, is_local=is_local, key=key,
@@ -132,7 +143,9 @@ class Staging:
 
         Raises RunConflictError (publishing nothing) when another run with the same id holds the commit
         lock, or committed the id after this run started."""
-        if not self.is_local:
+        if self.is_local:  # the data before the journal: a durable journal must never point at lost bytes
+            durable.sync_tree(self.area, skip=(LEASE,))  # a lost or torn lease is tolerated (mtime fallback)
+        else:
             for dataset in self.datasets:
                 local = os.path.dirname(self.file(dataset))
                 for name in sorted(os.listdir(local)) if os.path.isdir(local) else []:  # every rank's part
@@ -143,7 +156,10 @@ class Staging:
                 self._check_still_ours()
                 journal = {"run_id": self.run_id, "datasets": list(self.datasets), "key": self.key}
                 before_file_operation()
-                _write_text(self.filesystem, f"{self.area}/{JOURNAL}", json.dumps(journal))
+                if self.is_local:
+                    durable.write_atomic(f"{self.area}/{JOURNAL}", json.dumps(journal).encode())
+                else:  # a PUT: the object appears whole, and durable, or not at all
+                    _write_text(self.filesystem, f"{self.area}/{JOURNAL}", json.dumps(journal))
                 roll_forward(self.filesystem, self.root, self.name, journal, self.is_local)
         except locks.LockBusy as exc:
             raise RunConflictError(
@@ -154,7 +170,6 @@ class Staging:
             shutil.rmtree(self.local_dir, ignore_errors=True)
         prefix = "" if self.is_local else self.output.split("://", 1)[0] + "://"
         return {d: prefix + partition(self.root, d, self.run_id, self.key) for d in self.datasets}
-
 
     def _check_still_ours(self) -> None:
         """Under the commit lock: the run id's runs-index entry is the one seen when this run started, and the
@@ -209,8 +224,8 @@ def roll_forward(filesystem: pafs.FileSystem, root: str, name: str, journal: dic
         if is_local:
             _remove_partition(filesystem, final, f"{area}/replaced-{dataset}", is_local)
             before_file_operation()
-            os.makedirs(os.path.dirname(final), exist_ok=True)
-            os.rename(staged, final)
+            durable.makedirs(os.path.dirname(final))
+            durable.rename(staged, final)  # its folder fsynced: the next move relies on this one
         else:
             parts = sorted((i.base_name for i in filesystem.get_file_info(pafs.FileSelector(staged))), key=_part_number)
             for old in filesystem.get_file_info(pafs.FileSelector(final, allow_not_found=True)):
@@ -257,13 +272,14 @@ def _remove_partition(filesystem: pafs.FileSystem, final: str, trash: str, is_lo
         return
     before_file_operation()
     if is_local:
-        os.rename(final, trash)
+        durable.rename(final, trash)  # durably out of the dataset (and kept in the area) before the new one moves in
     else:
         filesystem.delete_dir(final)
 
 
 def recover(output: str, *, stale_after: dt.timedelta = STALE_LEASE) -> list[str]:
-    """Roll forward interrupted commits and sweep stale uncommitted staging areas; return what was done."""
+    """Roll forward interrupted commits, settle areas whose journal is unreadable, sweep stale uncommitted
+    staging areas and (locally) unreadable runs-index entries; return what was done, one line each."""
     filesystem, root, is_local = resolve(output)
     done = []
     infos = filesystem.get_file_info(pafs.FileSelector(f"{root}/{STAGING}", allow_not_found=True))
@@ -272,38 +288,157 @@ def recover(output: str, *, stale_after: dt.timedelta = STALE_LEASE) -> list[str
         if info.type != pafs.FileType.Directory:
             continue
         name = info.base_name
-        journal = _read_text(filesystem, f"{info.path}/{JOURNAL}")
-        if journal is None and not _lease_stale(filesystem, info.path, now, stale_after):
+        state, journal = read_journal(filesystem, info.path)
+        if state == "absent" and not _lease_stale(filesystem, info.path, now, stale_after):
             continue  # a live run's staging area
-        journal = json.loads(journal) if journal else None
-        run_id = journal["run_id"] if journal else name.rsplit(".", 1)[0]
-        key = journal.get("key", "run_id") if journal else _staged_key(filesystem, info.path)
+        run_id = journal["run_id"] if state == "whole" else name.rsplit(".", 1)[0]
+        key = journal.get("key", "run_id") if state == "whole" else _staged_key(filesystem, info.path)
         try:
             with locks.commit_lock(output, filesystem, root, run_id, key=key, owner=f"recover of {name}"):
                 # Look again under the lock: the owner may have finished, or written its journal, meanwhile.
-                text = _read_text(filesystem, f"{info.path}/{JOURNAL}")
-                if text is not None:
-                    roll_forward(filesystem, root, name, json.loads(text), is_local)
-                    done.append(f"rolled forward the interrupted commit of {name}")
-                    log.warning("rolled forward the interrupted commit of %s", name)
-                elif _kind(filesystem, info.path) == pafs.FileType.Directory and \
-                        _lease_stale(filesystem, info.path, now, stale_after):
-                    _delete_dir(filesystem, info.path)
-                    done.append(f"swept the stale staging area {name}")
-                    log.warning("swept the stale staging area %s", name)
+                message = _settle(filesystem, root, name, run_id, key, is_local, now, stale_after)
         except locks.LockBusy as exc:  # a live process is committing that run id: its business
             log.info("left %s alone: its run id is being committed by %s", name, locks.describe(exc.holder))
+            continue
+        if message:
+            done.append(message)
+            log.warning("%s", message)
+    if is_local:
+        done += _drop_torn_entries(output, filesystem, root)
     return done
+
+
+def _settle(filesystem: pafs.FileSystem, root: str, name: str, run_id: str, key: str, is_local: bool,
+            now: dt.datetime, stale_after: dt.timedelta) -> str | None:
+    """Under the run id's commit lock: finish, remove or keep one staging area; what was done, or None."""
+    area = f"{root}/{STAGING}/{name}"
+    if _kind(filesystem, area) != pafs.FileType.Directory:
+        return None  # its owner finished or discarded it meanwhile
+    state, journal = read_journal(filesystem, area)
+    if state == "whole":
+        roll_forward(filesystem, root, name, journal, is_local)
+        return f"rolled forward the interrupted commit of {name}"
+    if state == "torn":
+        datasets = _staged_datasets(filesystem, area)
+        if _moves_begun(filesystem, area, run_id, key, datasets):
+            roll_forward(filesystem, root, name, {"run_id": run_id, "datasets": datasets, "key": key}, is_local)
+            return (f"completed the interrupted commit of {name} from what its staging area holds "
+                    f"({', '.join(datasets)}): its journal was unreadable ({journal}) but its moves had begun")
+        _delete_dir(filesystem, area)
+        return (f"removed the staging area {name}: its journal was unreadable ({journal}) and none of its "
+                "partitions had been moved, so it was not committed")
+    if state == "pending":  # only the writer holds the lock while writing it: that writer is gone
+        _delete_dir(filesystem, area)
+        return (f"removed the staging area {name}: its commit stopped while its journal was being written "
+                "(not committed)")
+    if _lease_stale(filesystem, area, now, stale_after):
+        _delete_dir(filesystem, area)
+        return f"swept the stale staging area {name}"
+    return None
+
+
+def read_journal(filesystem: pafs.FileSystem, area: str) -> tuple[str, dict | str | None]:
+    """The state of a staging area's journal: ("whole", journal dict), ("torn", why it cannot be used),
+    ("pending", None) when only a temporary journal exists (a commit stopped while writing it), or
+    ("absent", None). Never raises on the journal's bytes: empty, truncated and garbage are "torn"."""
+    try:
+        with filesystem.open_input_stream(f"{area}/{JOURNAL}") as f:
+            data = f.read()
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        data = None
+    except OSError:
+        if _kind(filesystem, f"{area}/{JOURNAL}") == pafs.FileType.File:
+            raise
+        data = None
+    if data is None:
+        names = [i.base_name for i in filesystem.get_file_info(pafs.FileSelector(area, allow_not_found=True))]
+        return ("pending" if any(durable.is_temporary(n, JOURNAL) for n in names) else "absent"), None
+    try:
+        journal = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return "torn", f"{len(data)} byte(s), not JSON" if data else "empty"
+    if not (isinstance(journal, dict) and isinstance(journal.get("run_id"), str)
+            and isinstance(journal.get("datasets"), list) and journal["datasets"]
+            and all(isinstance(d, str) for d in journal["datasets"])
+            and isinstance(journal.get("key", "run_id"), str)):
+        return "torn", "JSON without run_id and datasets"
+    return "whole", journal
+
+
+def _staged_datasets(filesystem: pafs.FileSystem, area: str) -> list[str]:
+    """The datasets a staging area was made for, in commit order (the runs index last): the folders that
+    `Staging.create` made (they stay after their partition moved out) and those of `replaced-*`."""
+    names = set()
+    for info in filesystem.get_file_info(pafs.FileSelector(area, allow_not_found=True)):
+        if info.type == pafs.FileType.Directory:
+            names.add(info.base_name.removeprefix("replaced-"))
+    return sorted(names, key=lambda d: (d == "runs", DATASETS.index(d) if d in DATASETS else -1, d))
+
+
+def _moves_begun(filesystem: pafs.FileSystem, area: str, run_id: str, key: str, datasets: list[str]) -> bool:
+    """Whether a commit had started moving partitions: an earlier partition was taken out (`replaced-*`), or a
+    staged partition is gone (`Staging.create` made one folder per dataset)."""
+    for dataset in datasets:
+        if _kind(filesystem, f"{area}/replaced-{dataset}") != pafs.FileType.NotFound:
+            return True
+        if _kind(filesystem, f"{area}/{dataset}/{key}={run_id}") != pafs.FileType.Directory:
+            return True
+    return False
+
+
+def read_entry(filesystem: pafs.FileSystem, path: str) -> pa.Table:
+    """A runs-index entry's table, read whole and validated (text is UTF-8, offsets in bounds); raises
+    (OSError, pyarrow.ArrowException) when it is torn or damaged."""
+    table = pq.read_table(path, filesystem=filesystem, partitioning=None)
+    table.validate(full=True)
+    return table
+
+
+def _drop_torn_entries(output: str, filesystem: pafs.FileSystem, root: str) -> list[str]:
+    """Remove every runs-index entry that is not a readable Parquet file (that run is not committed), so that
+    readers of the whole runs dataset work again; the run's other partitions are then orphans for retention.
+    Local disk only: on object storage an entry is a single PUT, whole or absent."""
+    done = []
+    busy = {i.base_name.rsplit(".", 1)[0] for i in filesystem.get_file_info(
+        pafs.FileSelector(f"{root}/{STAGING}", allow_not_found=True))}  # a rerun of that id replaces the entry
+    for info in filesystem.get_file_info(pafs.FileSelector(f"{root}/runs", allow_not_found=True)):
+        if info.type != pafs.FileType.Directory or not info.base_name.startswith("run_id="):
+            continue
+        run_id, path = info.base_name.split("=", 1)[1], f"{info.path}/{PART_FILE}"
+        if run_id in busy or _entry_problem(filesystem, path) is None:
+            continue
+        try:
+            with locks.commit_lock(output, filesystem, root, run_id, owner="recover of a torn runs-index entry"):
+                problem = _entry_problem(filesystem, path)  # a commit may have replaced it meanwhile
+                if problem is None:
+                    continue
+                shutil.rmtree(info.path, ignore_errors=True)
+                durable.fsync_dir(f"{root}/runs")
+        except locks.LockBusy:
+            continue
+        message = f"removed the unreadable runs-index entry of run {run_id!r} ({path}: {problem}): it is not committed"
+        log.warning("%s", message)
+        done.append(message)
+    return done
+
+
+def _entry_problem(filesystem: pafs.FileSystem, path: str) -> str | None:
+    """Why an existing runs-index entry cannot be read, or None (readable, or gone)."""
+    try:
+        read_entry(filesystem, path)
+        return None
+    except FileNotFoundError:
+        return None
+    except (OSError, pa.ArrowException) as exc:
+        if _kind(filesystem, path) != pafs.FileType.File:
+            return None
+        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 def _lease_stale(filesystem: pafs.FileSystem, area: str, now: dt.datetime, stale_after: dt.timedelta) -> bool:
     """A staging area's lease is older than `stale_after`. Without a readable lease (a run killed before
     writing it, or one creating its area right now) the area's newest modification time counts instead."""
-    lease = _read_text(filesystem, f"{area}/{LEASE}")
-    try:
-        renewed = dt.datetime.fromisoformat(lease) if lease else None
-    except ValueError:
-        renewed = None  # torn by a kill mid-write
+    renewed = _lease_time(_read_text(filesystem, f"{area}/{LEASE}"))
     if renewed is None:
         infos = [filesystem.get_file_info(area)] + filesystem.get_file_info(
             pafs.FileSelector(area, recursive=True, allow_not_found=True))
@@ -314,13 +449,31 @@ def _lease_stale(filesystem: pafs.FileSystem, area: str, now: dt.datetime, stale
     return renewed is None or now - renewed > stale_after
 
 
+def _lease_time(text: str | None) -> dt.datetime | None:
+    """The time a lease records, or None when it is missing or torn (empty, cut short, garbage). A lease cut
+    short can still parse (`2026-12-04T19`, an earlier time without its zone): only a zoned time counts."""
+    try:
+        renewed = dt.datetime.fromisoformat(text.strip()) if text else None
+    except ValueError:
+        return None
+    return renewed if renewed is not None and renewed.tzinfo is not None else None
+
+
 def _staged_key(filesystem: pafs.FileSystem, area: str) -> str:
-    """The partition key of a staging area's datasets (run_id, or score_run_id for scores)."""
-    for dataset in filesystem.get_file_info(pafs.FileSelector(area)):
-        if dataset.type == pafs.FileType.Directory:
-            for part in filesystem.get_file_info(pafs.FileSelector(dataset.path)):
-                if "=" in part.base_name:
-                    return part.base_name.split("=", 1)[0]
+    """The partition key of a staging area's datasets (run_id, or score_run_id for scores): from a staged
+    partition, else (all moved) from the published partition of the area's run id in one of its datasets."""
+    root, name = area.rsplit(f"/{STAGING}/", 1)
+    run_id = name.rsplit(".", 1)[0]
+    datasets = [i for i in filesystem.get_file_info(pafs.FileSelector(area, allow_not_found=True))
+                if i.type == pafs.FileType.Directory and not i.base_name.startswith("replaced-")]
+    for dataset in datasets:
+        for part in filesystem.get_file_info(pafs.FileSelector(dataset.path, allow_not_found=True)):
+            if "=" in part.base_name:
+                return part.base_name.split("=", 1)[0]
+    for dataset in datasets:
+        for part in filesystem.get_file_info(pafs.FileSelector(f"{root}/{dataset.base_name}", allow_not_found=True)):
+            if part.base_name.endswith(f"={run_id}"):
+                return part.base_name.split("=", 1)[0]
     return "run_id"
 
 
@@ -339,10 +492,35 @@ def write_table(path: str, table: pa.Table, metadata: dict[bytes, bytes]) -> Non
 
 
 def open_writer(path: str, schema: pa.Schema, metadata: dict[bytes, bytes]) -> pq.ParquetWriter:
-    """A writer for a large output (predictions); float columns skip dictionary encoding."""
+    """A writer for a large output (predictions); float columns skip dictionary encoding. Writing into a
+    local staging area, it pushes the file to disk as it grows (`FlushingWriter`)."""
     schema = schema.with_metadata(metadata)
     dictionary = [f.name for f in schema if not pa.types.is_floating(f.type)]
-    return pq.ParquetWriter(path, schema, compression="snappy", use_dictionary=dictionary)
+    kind = FlushingWriter if f"/{STAGING}/" in os.path.abspath(path) else pq.ParquetWriter
+    return kind(path, schema, compression="snappy", use_dictionary=dictionary)
+
+
+class FlushingWriter(pq.ParquetWriter):
+    """A ParquetWriter that starts the write-back of its file to disk every FLUSH_BYTES of growth, without
+    waiting for it (as PostgreSQL's checkpoint_flush_after does), so the disk works while the run computes
+    and the commit's fsync of the file (`durable.sync_tree`) finds little left to write."""
+
+    FLUSH_BYTES = 32 << 20  # measured at 10M rows: the commit's fsync 0.6-1.1 s -> 0.1-0.3 s, the pass unchanged
+
+    def __init__(self, where: str, *args, **kwargs):
+        super().__init__(where, *args, **kwargs)
+        self._where, self._flushed = where, 0
+
+    def write_table(self, table: pa.Table, row_group_size: int | None = None) -> None:
+        super().write_table(table, row_group_size)
+        size = os.path.getsize(self._where)
+        if size - self._flushed >= self.FLUSH_BYTES and hasattr(os, "posix_fadvise"):
+            fd = os.open(self._where, os.O_RDONLY)
+            try:  # Linux: DONTNEED starts the write-back of the range's dirty pages and returns
+                os.posix_fadvise(fd, self._flushed, size - self._flushed, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+            self._flushed = size
 
 
 def _kind(filesystem: pafs.FileSystem, path: str) -> pafs.FileType:
@@ -355,10 +533,11 @@ def _write_text(filesystem: pafs.FileSystem, path: str, text: str) -> None:
 
 
 def _read_text(filesystem: pafs.FileSystem, path: str) -> str | None:
+    """A small file's text (bytes that are not UTF-8 replaced: a torn file is the caller's to judge)."""
     if _kind(filesystem, path) != pafs.FileType.File:
         return None
     with filesystem.open_input_stream(path) as f:
-        return f.read().decode()
+        return f.read().decode(errors="replace")
 
 
 def _delete_dir(filesystem: pafs.FileSystem, path: str) -> None:

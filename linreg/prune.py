@@ -5,10 +5,11 @@ more than `older_than_days` ago. Never a run in progress (one with a staging are
 `<output>/_staging/<run_id>.*`: it is writing or committing right now). Partitions left without a
 runs-index entry (an interrupted prune, a run that died mid-commit) are removed too, unless in progress.
 
-Order, per run: its runs-index entry first (from then on no reader treats it as committed), then its
-weights, metrics, predictions and report. An interrupted prune therefore leaves only partitions without
-an index entry, which the next prune removes. Scores (`scores/score_run_id=...`) are results of their own
-and are kept.
+Order, per run: its runs-index entry first (from then on no reader treats it as committed) and, on local
+disk, the runs folder fsynced (so that no power loss can bring the entry back once its data is going),
+then its weights, metrics, predictions and report. An interrupted prune therefore leaves only partitions
+without an index entry, which the next prune removes. Scores (`scores/score_run_id=...`) are results of
+their own and are kept.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 
 import pyarrow.fs as pafs
 
-from linreg import outputs, runindex
+from linreg import durable, outputs, runindex
 from linreg.errors import InputError
 from linreg.report import REPORTS
 
@@ -82,7 +83,7 @@ def prune(output: str, *, keep_last: int | None = None, older_than_days: float |
     plan = plan_prune(output, keep_last=keep_last, older_than_days=older_than_days, now=now)
     if dry_run:
         return plan
-    filesystem, root, _ = outputs.resolve(output)
+    filesystem, root, is_local = outputs.resolve(output)
     for run_id in plan.remove + plan.orphans:
         if run_id in runindex.in_progress(output):  # started (a rerun of this id) since the plan was made
             plan.in_progress.append(run_id)
@@ -91,6 +92,8 @@ def prune(output: str, *, keep_last: int | None = None, older_than_days: float |
             path = outputs.partition(root, dataset, run_id)
             if filesystem.get_file_info(path).type == pafs.FileType.Directory:
                 _delete(filesystem, path)
+                if dataset == "runs" and is_local:  # the entry's removal durable before any data goes
+                    durable.fsync_dir(f"{root}/runs")
         log.info("pruned run %s from %s", run_id, output)
     plan.remove = [r for r in plan.remove if r not in plan.in_progress]
     plan.orphans = [r for r in plan.orphans if r not in plan.in_progress]

@@ -3,12 +3,17 @@
 A snapshot holds the weights, the optimizer state, the number of finished epochs, the learning-rate
 schedule, the losses so far and the shuffling generator's state. Rank 0 writes it every `every` epochs to
 `<output>/_staging/<run_id>.snapshots/snapshot.pt` (any pyarrow filesystem): to a temporary name, then
-renamed over the previous one, so a reader sees a whole snapshot or the previous one. A job that finds a
-snapshot of its run id, made with the same configuration and inputs (`identity`), resumes from it on
-every rank; `torchrun --max-restarts K` restarts ranks with the same command line, so they resume.
+renamed over the previous one, so a reader sees a whole snapshot or the previous one. On local disk the
+temporary file is fsynced before the rename and the folder after it (`durable.write_atomic`), so a power
+loss also leaves the previous snapshot or the new one; on object storage the upload is one durable PUT.
+A job that finds a snapshot of its run id, made with the same configuration and inputs (`identity`),
+resumes from it on every rank; `torchrun --max-restarts K` restarts ranks with the same command line, so
+they resume. A snapshot that cannot be loaded (empty, cut short, garbage) is ignored with a warning, and
+training starts over: it never raises.
 
 The directory carries a lease (`_LEASE`, renewed at each save) like a staging area: `outputs.recover` of
-other runs sweeps it only when the lease is stale. Rank 0 removes it after the run commits.
+other runs sweeps it only when the lease is stale (a torn lease counts as none: the folder's newest file
+time is used). Rank 0 removes it after the run commits.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import secrets
 
 import torch
 
-from linreg import outputs
+from linreg import durable, outputs, redact
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +40,8 @@ LAUNCH_FIELDS = {"nproc_per_node", "nnodes", "node_rank", "rdzv_endpoint", "rdzv
 
 def identity(config, input_digest: str) -> str:
     """Digest of what a snapshot is valid for: the training configuration and the inputs' fingerprint."""
-    fields = {k: v for k, v in config.model_dump(mode="json").items() if k not in LAUNCH_FIELDS}
+    dumped = redact.redact_config(config.model_dump(mode="json"))  # no credential hashed (linreg/redact.py)
+    fields = {k: v for k, v in dumped.items() if k not in LAUNCH_FIELDS}
     text = json.dumps({"config": fields, "inputs": input_digest}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -57,8 +63,15 @@ class Snapshots:
     def path(self) -> str:
         return f"{self.dir}/{FILE}"
 
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self.filesystem, outputs.pafs.LocalFileSystem)
+
     def renew_lease(self) -> None:
-        self.filesystem.create_dir(self.dir, recursive=True)
+        if self.is_local:  # the folder's entry durable before a snapshot is renamed into it
+            durable.makedirs(self.dir)
+        else:
+            self.filesystem.create_dir(self.dir, recursive=True)
         with self.filesystem.open_output_stream(f"{self.dir}/{outputs.LEASE}") as out:
             out.write(dt.datetime.now(dt.timezone.utc).isoformat().encode())
 
@@ -71,8 +84,19 @@ class Snapshots:
         """The snapshot's state if there is one for this run with the same identity, else None."""
         if not self.resume or self.filesystem.get_file_info(self.path).type != outputs.pafs.FileType.File:
             return None
-        with self.filesystem.open_input_stream(self.path) as f:
-            state = torch.load(io.BytesIO(f.read()), weights_only=True)
+        try:
+            with self.filesystem.open_input_stream(self.path) as f:
+                state = torch.load(io.BytesIO(f.read()), weights_only=True)
+        except FileNotFoundError:
+            return None  # removed meanwhile (the run committed)
+        except Exception as exc:  # torch raises many types on torn bytes (RuntimeError, EOFError, pickle errors)
+            log.warning("ignoring the snapshot at %s: it cannot be loaded (%s: %s); training starts over",
+                        self.path, type(exc).__name__, (str(exc).splitlines() or [""])[0])
+            return None
+        if not isinstance(state, dict) or not _complete(state):
+            log.warning("ignoring the snapshot at %s: it does not hold a whole training state; training starts over",
+                        self.path)
+            return None
         if state.get("identity") != self.identity:
             log.warning("ignoring the snapshot at %s: it was made with another configuration or other inputs",
                         self.path)
@@ -110,9 +134,19 @@ class Snapshots:
         buffer = io.BytesIO()
         torch.save(state, buffer)
         self.renew_lease()
-        temporary = f"{self.dir}/.{FILE}.{secrets.token_hex(4)}"
-        with self.filesystem.open_output_stream(temporary) as out:
-            out.write(buffer.getvalue())
-        self.filesystem.move(temporary, self.path)  # a rename locally: readers see whole snapshots only
+        if self.is_local:  # temporary name, fsync, rename, fsync of the folder: whole even after a power loss
+            durable.write_atomic(self.path, buffer.getvalue())
+        else:
+            temporary = f"{self.dir}/.{FILE}.{secrets.token_hex(4)}"
+            with self.filesystem.open_output_stream(temporary) as out:
+                out.write(buffer.getvalue())
+            self.filesystem.move(temporary, self.path)
         log.info("snapshot of epoch %d written to %s", epoch, self.path)
         return True
+
+
+def _complete(state: dict) -> bool:
+    """Whether a loaded snapshot holds every part `restore` uses."""
+    return (isinstance(state.get("tensors"), dict) and isinstance(state.get("schedule"), dict)
+            and isinstance(state.get("losses"), list) and isinstance(state.get("epoch"), int)
+            and isinstance(state.get("generator"), torch.Tensor))

@@ -30,7 +30,8 @@ class _NoPandas:
             raise ImportError("pandas is not used by the committer")
 
 
-sys.meta_path.insert(0, _NoPandas)
+if __name__ == "__main__":  # only in the subprocess: a test importing this module may still need pandas
+    sys.meta_path.insert(0, _NoPandas)
 
 import pyarrow as pa  # noqa: E402
 

@@ -8,6 +8,10 @@ holds it whole, from the same writer; after recover() (what the next run does fi
 The race tests start several committers at once: with one run id exactly one commits and the others exit
 with RunConflictError (exit code 3); with different ids all commit, each partition holding only its rows.
 
+On local disk each kill is also checked with the journal it left cut in half (`torn_journal_recovers`, on a
+copy): recovery completes the commit if its moves had begun, else drops it, and the invariants hold.
+Power losses (unsynced data lost, not only a killed process) are modelled in tests/test_crash_consistency.py.
+
 LINREG_LONG_TESTS=1 runs the long version: more part counts and a double fault at every kill point.
 """
 
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -161,6 +166,8 @@ def kill_and_check(output, run_id, writer, k, *, parts, double_fault=0):
     untouched(before, snapshot(output), run_id)
     if run_id in state["runs"]:  # listed: whole everywhere (checked), from the old or the new writer
         assert state["runs"][run_id][2] <= {writer, listed}
+    if "://" not in output:
+        torn_journal_recovers(output, before, run_id, listed)
     kills = 1
     if double_fault:
         result = committer(output, run_id, "recoverer", kill_at=double_fault, recover_only=True)
@@ -174,6 +181,32 @@ def kill_and_check(output, run_id, writer, k, *, parts, double_fault=0):
     if listed:  # a replaced run is never lost: the old version, or the new one rolled forward
         assert run_id in state["runs"]
     return kills
+
+
+def torn_journal_recovers(output: str, before: dict, run_id: str, listed: str | None) -> None:
+    """On a copy of the output after a kill: the staging area's journal, if any, cut in half (as an older
+    version's in-place write, or damage, leaves it). recover() completes the commit if its moves had begun,
+    else drops it; either way every run is whole, the others byte-identical, a replaced run never lost."""
+    fs, root, _ = outputs.resolve(output)
+    area = next((i.path for i in fs.get_file_info(pafs.FileSelector(f"{root}/{outputs.STAGING}", allow_not_found=True))
+                 if i.base_name.startswith(f"{run_id}.")), None)
+    if area is None or fs.get_file_info(f"{area}/{outputs.JOURNAL}").type != pafs.FileType.File:
+        return
+    copy = tempfile.mkdtemp(prefix="linreg-torn-") + "/out"
+    try:
+        shutil.copytree(root, copy)
+        journal = f"{copy}{area[len(root):]}/{outputs.JOURNAL}"
+        with open(journal, "rb") as f:
+            whole = f.read()
+        with open(journal, "wb") as f:
+            f.write(whole[:len(whole) // 2])
+        outputs.recover(copy)
+        state = check_recovered(copy)
+        untouched(before, snapshot(copy), run_id)
+        if listed:
+            assert run_id in state["runs"]
+    finally:
+        shutil.rmtree(os.path.dirname(copy), ignore_errors=True)
 
 
 def test_sigkill_at_every_file_operation_of_a_commit(output):
