@@ -13,19 +13,27 @@ from __future__ import annotations
 import argparse
 import sys
 
-from prefect import flow
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
 
 from flows import cli
 from linreg import prune as retention
+from linreg import redact
 from linreg.errors import EXIT_BAD_INPUT, EXIT_FAILURE
 from tasks.prune_steps import prune_runs
 
 
-@flow(name="prune", flow_run_name="prune-{output}", validate_parameters=True)
+def _run_name() -> str:
+    return "prune-" + redact.redact(flow_run.parameters.get("output", "output"))  # no credential in the name
+
+
+@flow(name="prune", flow_run_name=_run_name, validate_parameters=True)
 def prune(output: str = "output", keep_last: int | None = None, older_than_days: float | None = None,
           dry_run: bool = False) -> retention.PrunePlan:
     """Remove old runs of `output`: all but the `keep_last` newest, or those older than `older_than_days`."""
-    return prune_runs(output, keep_last, older_than_days, dry_run)
+    redact.install_log_redaction()
+    redact.warn_inline(["output"] if redact.has_credentials(output) else [], get_run_logger())
+    return prune_runs(redact.protect(output), keep_last, older_than_days, dry_run)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,7 +4,8 @@
     python -m flows.score --model output/weights/run_id=nightly-1 --weather new/ --output scored
 
 The flow `score` takes one parameter, `config` (a `linreg.scoring.ScoreConfig`), as the `score`
-deployment does. Exit codes as for training: 0 success, 2 bad input, 1 anything else.
+deployment does. Exit codes as for training: 0 success, 2 bad input, 1 anything else. Credentials in a URI
+are handled as by `flows.train`: the flow sees only redacted URIs (`linreg.redact`).
 """
 
 from __future__ import annotations
@@ -12,12 +13,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from prefect import flow
+from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from pydantic import ValidationError
 
 from flows import cli
-from linreg import pipeline
+from linreg import pipeline, redact
 from linreg.errors import EXIT_BAD_INPUT, EXIT_FAILURE, InputError
 from linreg.scoring import ScoreConfig, ScoreSummary
 from tasks.score_steps import score_weather
@@ -34,6 +35,7 @@ def _run_name() -> str:
 @flow(name="score", flow_run_name=_run_name, validate_parameters=True)
 def score(config: ScoreConfig = ScoreConfig()) -> ScoreSummary:
     """Apply a committed run's model to a weather table and commit the scores."""
+    config = redact.protect_parameters(config, get_run_logger())
     score_run_id = config.score_run_id or _NEW_RUN_IDS.pop(str(flow_run.id), None) or pipeline.new_run_id()
     return score_weather(config.model_copy(update={"score_run_id": score_run_id}))
 
@@ -63,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"--{'.'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}" for e in exc.errors()) + ".") from None
         if config.score_run_id is None:
             config = config.model_copy(update={"score_run_id": pipeline.new_run_id()})
-        return score(config).text()
+        return score(redact.protect_config(config)).text()  # the flow and Prefect see only redacted URIs
 
     return cli.run(action)
 

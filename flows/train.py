@@ -8,6 +8,11 @@ Run it on the shipped sample data:
 
 Every option: `python -m flows.train --help`. The flow `train` takes one parameter, `config`
 (a `linreg.config.TrainConfig`), the same keys a Prefect deployment passes.
+
+Credentials in a URI (`s3://KEY:SECRET@bucket/path`) never reach Prefect from this command line: the flow is
+given the redacted URIs and the run reveals the real ones where it opens files (`linreg.redact`). A
+deployment's parameters are stored by Prefect before the flow starts: the flow warns once, naming the
+parameter, when one carries a credential (docs/credentials.md says where deployments take them from).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
 from flows import cli
-from linreg import destination, pipeline
+from linreg import destination, pipeline, redact
 from linreg.config import TrainConfig, build_parser, config_from_args
 from tasks.dist_steps import run_job
 from tasks.train_steps import (commit_run, evaluate_model, find_unchanged_run, fit_model, join_inputs, plan_run,
@@ -53,6 +58,7 @@ def _run_name() -> str:
 @flow(name="train", flow_run_name=_run_name, validate_parameters=True)
 def train(config: TrainConfig = TrainConfig()) -> pipeline.RunSummary:
     """One training run: plan, validate and join, split, train, evaluate, commit; then its report and artifacts."""
+    config = redact.protect_parameters(config, get_run_logger())
     run_id = config.run_id or _NEW_RUN_IDS.pop(str(flow_run.id), None) or pipeline.new_run_id()
     config = config.model_copy(update={"run_id": run_id})
     if config.skip_if_unchanged:
@@ -87,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def action() -> str | int:
-        config = config_from_args(args)
+        config = redact.protect_config(config_from_args(args))  # the flow and Prefect see only redacted URIs
         destination.check_writable(config.output)  # a wrong --output fails at once, before Prefect or torchrun start
         if config.nproc_per_node is not None or config.nnodes > 1:  # launch the ranks with torchrun
             from linreg import launch

@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from linreg.errors import InputError
+from linreg.redact import redact, reveal
 
 PROBE = ".linreg-probe-"
 
@@ -31,7 +32,7 @@ def check_writable(output: str) -> None:
     """Raise InputError when runs cannot write under `output` (a path or a URI); return quietly otherwise."""
     try:
         if "://" in output:
-            filesystem, root = pafs.FileSystem.from_uri(output)
+            filesystem, root = pafs.FileSystem.from_uri(reveal(output))
         else:
             filesystem, root = pafs.LocalFileSystem(), os.path.abspath(output)
     except (pa.ArrowInvalid, ValueError) as exc:
@@ -84,11 +85,6 @@ def _check_remote(output: str, filesystem: pafs.FileSystem, root: str) -> None:
 
 
 def _error(output: str, cause: str) -> InputError:
-    try:  # TODO(integration): plain import once linreg/redact.py lands
-        from linreg.redact import redact
-    except ImportError:
-        def redact(text):
-            return text
     return InputError(f"The output {redact(output)!r} cannot be written: {cause}. Choose another --output, or fix "
                       "the location; nothing was read or written.")
 

@@ -14,6 +14,7 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from linreg import redact
 from linreg.errors import InputError, TransientIOError, format_examples, is_transient
 
 BATCH_ROWS = 256 * 1024  # rows per record batch handed to numpy/torch: large enough to amortize, small enough to bound memory
@@ -48,18 +49,22 @@ class Table:
 def open_table(path: str, role: str) -> Table:
     """Open `path` as a Parquet dataset, with a clear error when it is missing, empty or not Parquet.
 
+    `path` may carry credentials or be the redacted form of a URI that does (`linreg.redact`): the table
+    opens the real one, and `Table.path`, its messages and its fingerprint name the redacted one.
+
     Every file's footer is read once here (a few KB each), so a truncated, empty or non-Parquet file is an
     InputError naming it before any scan. Files and directories starting with `_` or `.` (`_SUCCESS`,
     `.part-0.parquet.crc`, `_metadata`) are skipped, as Spark and Hadoop write them beside the data.
     """
+    real, path = redact.reveal(path), redact.redact(path)  # open the real URI; name only the redacted one
     try:
-        filesystem, root = pafs.FileSystem.from_uri(path)
+        filesystem, root = pafs.FileSystem.from_uri(real)
     except (pa.ArrowInvalid, ValueError):
-        filesystem, root = pafs.LocalFileSystem(), path
+        filesystem, root = pafs.LocalFileSystem(), real
     try:
         info = filesystem.get_file_info(root)
     except OSError as exc:
-        raise InputError(f"The {role} table {path!r} cannot be read: {exc}") from None
+        raise InputError(f"The {role} table {path!r} cannot be read: {redact.redact(str(exc))}") from None
     if info.type == pafs.FileType.NotFound:
         raise InputError(f"The {role} table {path!r} does not exist.")
     try:
@@ -178,14 +183,15 @@ def _partition_clash_hint(filesystem: pafs.FileSystem, root: str) -> str:
 def fingerprint(tables: list[Table]) -> dict:
     """What identifies the inputs of a run: every file's path, size and modification time, and each schema.
 
-    Equal fingerprints mean the run would read the same bytes (as far as the filesystem tells).
+    Equal fingerprints mean the run would read the same bytes (as far as the filesystem tells). Paths are
+    redacted: a credential is not hashed, and changing only a credential keeps the fingerprint.
     """
     entries = []
     for table in tables:
         infos = table.filesystem.get_file_info(table.files)
         entries.append({
             "role": table.role,
-            "path": table.path,
+            "path": redact.redact(table.path),
             "schema": table.schema.to_string(show_schema_metadata=False),
             "files": [{"path": i.path, "size": i.size,
                        "mtime": i.mtime.isoformat() if i.mtime is not None else None} for i in infos],
@@ -195,5 +201,5 @@ def fingerprint(tables: list[Table]) -> dict:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
+    text = redact.redact(str(exc).strip())
     return text.splitlines()[0] if text else type(exc).__name__

@@ -6,6 +6,10 @@ flow made) and broadcasts it; each rank validates its share of the files, joins 
 share of the predictions (part-<rank>.parquet in the staging area). After a barrier, that is once every
 rank's share is staged, rank 0 commits the run (or, under Prefect, hands its results to the commit task).
 
+Credentials: the command line of a rank carries only redacted URIs, and a plan crosses processes (the
+pickled plan file, rank 0's broadcast) without its filesystem object, which holds the credentials it was
+made with; each rank reveals the real URIs from its environment (`linreg.redact`) and makes its own.
+
 Failures: a rank that fails writes its error (type, message) to $LINREG_ERROR_DIR/rank-<rank>.json, which
 `linreg.launch` reports as the job's error; a rank that dies or hangs leaves the others in a collective
 that fails after --dist-timeout-seconds at most (sooner when the peer's connection closes), so the job
@@ -33,7 +37,7 @@ import tempfile
 import time
 import traceback
 
-from linreg import dist, outputs, pipeline, snapshot
+from linreg import dist, outputs, pipeline, redact, snapshot
 from linreg.config import TrainConfig, build_parser, config_from_args
 from linreg.errors import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, InputError
 from linreg.trainers import TRAINERS
@@ -117,8 +121,7 @@ def _shared_plan(config: TrainConfig, cluster: dist.Cluster, plan_file: str | No
     if cluster.is_main:
         try:
             if plan_file:
-                with open(plan_file, "rb") as f:
-                    plan = pickle.load(f)
+                plan = read_plan(plan_file)
             else:
                 run_id = job_run_id(config)
                 plan = pipeline.plan_run(config.model_copy(update={"run_id": run_id}) if run_id else config)
@@ -126,12 +129,37 @@ def _shared_plan(config: TrainConfig, cluster: dist.Cluster, plan_file: str | No
             if cluster.distributed:
                 cluster.broadcast_object(("input" if isinstance(exc, InputError) else "failure", str(exc)))
             raise
-    kind, value = cluster.broadcast_object(("plan", plan))
+    shared = portable(plan) if cluster.distributed and plan is not None else plan  # pickled to the other ranks
+    kind, value = cluster.broadcast_object(("plan", shared))
     if kind == "input":
         raise InputError(value)
     if kind == "failure":
         raise RuntimeError(f"rank 0 could not plan the run: {value}")
-    return value
+    return restored(value)
+
+
+def portable(plan: pipeline.RunPlan) -> pipeline.RunPlan:
+    """The plan without its staging area's filesystem object: pickled, that object holds the credentials it
+    was made with. `restored` makes it again from the (redacted) output URI."""
+    return dataclasses.replace(plan, staging=dataclasses.replace(plan.staging, filesystem=None))
+
+
+def restored(plan: pipeline.RunPlan) -> pipeline.RunPlan:
+    """A plan from `portable` with its staging filesystem made in this process (real URI revealed here)."""
+    if plan.staging.filesystem is not None:
+        return plan
+    filesystem = outputs.resolve(plan.staging.output)[0]
+    return dataclasses.replace(plan, staging=dataclasses.replace(plan.staging, filesystem=filesystem))
+
+
+def write_plan(plan: pipeline.RunPlan, path: str) -> None:
+    """Pickle a plan for the ranks (`portable`: no credentials in the file)."""
+    _write_pickle(path, portable(plan))
+
+
+def read_plan(path: str) -> pipeline.RunPlan:
+    with open(path, "rb") as f:
+        return restored(pickle.load(f))
 
 
 def _snapshots(plan: pipeline.RunPlan, cluster: dist.Cluster) -> snapshot.Snapshots | None:
@@ -179,8 +207,8 @@ def _record_error(rank: int, exc: BaseException) -> None:
         return
     os.makedirs(where, exist_ok=True)
     record = {"rank": rank, "type": type(exc).__name__, "input_error": isinstance(exc, InputError),
-              "message": str(exc) or type(exc).__name__, "time": time.time(),
-              "traceback": "".join(traceback.format_exception(exc))[-4000:]}
+              "message": redact.redact(str(exc) or type(exc).__name__), "time": time.time(),
+              "traceback": redact.redact("".join(traceback.format_exception(exc))[-4000:])}
     temporary = os.path.join(where, f".rank-{rank}.json.tmp")
     with open(temporary, "w") as f:
         json.dump(record, f)
@@ -207,29 +235,29 @@ def configure_logging(rank: int) -> None:
 def rank_main(argv: list[str] | None = None, *, plan_file: str | None = None, result_file: str | None = None) -> int:
     """A torchrun rank's main: parse the command line (the flows.train options), run, exit code."""
     rank = int(os.environ.get("RANK", "0"))
+    redact.install_log_redaction()
     configure_logging(rank)
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>` prints a stuck rank's Python stacks
     try:
         if plan_file:
-            config = TrainConfig()  # unused: the plan carries the configuration
             with open(plan_file, "rb") as f:
-                config = pickle.load(f).config
-        else:
-            config = config_from_args(build_parser().parse_args(argv))
+                config = pickle.load(f).config  # the plan carries the configuration (redacted URIs)
+        else:  # torchrun -m flows.train with URIs as given: only their redacted forms go further
+            config = redact.protect_config(config_from_args(build_parser().parse_args(argv)))
         summary = run_rank(config, plan_file=plan_file, result_file=result_file)
     except InputError as exc:
-        print(f"[rank {rank}] error: {exc}", file=sys.stderr)
+        print(redact.redact(f"[rank {rank}] error: {exc}"), file=sys.stderr)
         return EXIT_BAD_INPUT
     except Terminated:
         print(f"[rank {rank}] stopped by SIGTERM", file=sys.stderr)
         return EXIT_FAILURE
     except Exception:
-        print(f"[rank {rank}] unexpected failure:\n" + traceback.format_exc(), file=sys.stderr)
+        print(redact.redact(f"[rank {rank}] unexpected failure:\n" + traceback.format_exc()), file=sys.stderr)
         return EXIT_FAILURE
     finally:
         dist.teardown()
     if summary is not None:
-        print(summary.text(), flush=True)
+        print(redact.redact(summary.text()), flush=True)
     return EXIT_OK
 
 

@@ -14,6 +14,9 @@ After a failure the staging areas of the run's attempts are removed (snapshots s
 `cli` is `python -m flows.train --nproc-per-node N ...`: the same job as `torchrun --nproc-per-node N -m
 flows.train ...`, with a fixed run id so restarts (--max-restarts) resume from snapshots.
 `run_planned` is the Prefect flow's job task: ranks get the plan made in the flow process.
+
+Credentials never reach a rank's command line (`ps` shows it to every user) or the pickled plan: the ranks
+get redacted URIs and inherit the real ones through the environment (`linreg.redact`, LINREG_SECRET_URIS).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import tempfile
 import threading
 from typing import Callable
 
+from linreg import redact
 from linreg.config import TrainConfig
 from linreg.errors import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, InputError
 
@@ -74,6 +78,9 @@ def launch(config: TrainConfig, rank_args: list[str], *, on_line: Callable[[str]
     rank_tmp = tempfile.mkdtemp(prefix="linreg-job-tmp-")
     environment = dict(os.environ if env is None else env, LINREG_ERROR_DIR=error_dir, PYTHONUNBUFFERED="1",
                        TMPDIR=rank_tmp)
+    if os.environ.get(redact.ENV):  # the real URIs behind the redacted ones the ranks are given
+        environment.setdefault(redact.ENV, os.environ[redact.ENV])
+    rank_args = redact.redact_argv(rank_args)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # ranks import linreg and flows
     environment["PYTHONPATH"] = os.pathsep.join(p for p in (root, environment.get("PYTHONPATH")) if p)
     tail: collections.deque[str] = collections.deque(maxlen=400)
@@ -83,7 +90,7 @@ def launch(config: TrainConfig, rank_args: list[str], *, on_line: Callable[[str]
                               text=True, bufsize=1, env=environment, cwd=cwd) as proc:
             reaper = Reaper(proc.pid)
             for line in proc.stdout:
-                line = line.rstrip("\n")
+                line = redact.redact(line.rstrip("\n"))
                 tail.append(line)
                 reaper.saw(line)
                 on_line(line)
@@ -252,31 +259,32 @@ def cli(config: TrainConfig, argv: list[str]) -> int:
     try:
         run_id = job_run_id(config)
     except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(redact.redact(f"error: {exc}"), file=sys.stderr)
         return EXIT_BAD_INPUT
-    config = config.model_copy(update={"run_id": run_id})
-    args = list(argv) + ([] if "--run-id" in argv else ["--run-id", run_id])
+    config = redact.protect_config(config.model_copy(update={"run_id": run_id}))
+    args = redact.redact_argv(list(argv) + ([] if "--run-id" in argv else ["--run-id", run_id]))
     try:
         launch(config, ["-m", "flows.train", *args], on_line=lambda line: print(line, flush=True))
     except InputError as exc:
         cleanup(config, run_id)
-        print(f"error: {exc}", file=sys.stderr)
+        print(redact.redact(f"error: {exc}"), file=sys.stderr)
         return EXIT_BAD_INPUT
     except JobFailed as exc:
         if config.nnodes == 1:
             cleanup(config, run_id)
-        print(f"error: {exc}", file=sys.stderr)
+        print(redact.redact(f"error: {exc}"), file=sys.stderr)
         return EXIT_FAILURE
     return EXIT_OK
 
 
 def run_planned(plan, *, on_line: Callable[[str], None] = print):
     """Run the job of a plan made in this process (the Prefect flow's): returns rank 0's `job.RankResult`."""
+    from linreg import job
+
     work = tempfile.mkdtemp(prefix=f"linreg-job-{plan.run_id}-")
     try:
         plan_file, result_file = os.path.join(work, "plan.pkl"), os.path.join(work, "result.pkl")
-        with open(plan_file, "wb") as f:
-            pickle.dump(plan, f)
+        job.write_plan(plan, plan_file)  # without the credentials its filesystem objects hold
         launch(plan.config, ["-m", "linreg.job", "--plan-file", plan_file, "--result-file", result_file],
                on_line=on_line)
         with open(result_file, "rb") as f:
@@ -289,10 +297,11 @@ def cli_main(argv: list[str]) -> int:
     """Parse the flows.train command line and launch (`python -m flows.train --nproc-per-node N ...`)."""
     from linreg.config import build_parser, config_from_args
 
+    redact.install_log_redaction()
     args = build_parser().parse_args(argv)
     try:
         config = config_from_args(args)
     except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(redact.redact(f"error: {exc}"), file=sys.stderr)
         return EXIT_BAD_INPUT
     return cli(config, argv)

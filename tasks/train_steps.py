@@ -13,7 +13,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from linreg import cache, pipeline, report
+from linreg import cache, pipeline, redact, report
 from linreg.config import TrainConfig
 from linreg.fit import FitResult
 from linreg.join import JoinResult
@@ -98,9 +98,10 @@ def publish_artifacts(plan: pipeline.RunPlan, summary: pipeline.RunSummary, eval
     """The metrics table and the markdown summary of the run, as Prefect artifacts."""
     table = report.metric_table(evaluation.metrics)
     create_table_artifact(key="train-metrics", table=table, description=f"Metrics of run {plan.run_id}")
+    config = redact.redact_config(plan.config.model_dump(mode="json"))  # already redacted by the flow; be sure
     create_markdown_artifact(key="train-summary", description=f"Run {plan.run_id}", markdown=report.summary_markdown(
-        run_id=plan.run_id, trainer=plan.config.trainer, config=plan.config.model_dump(mode="json"),
-        fingerprint=plan.fingerprint, rows=_rows(summary), table=table, outputs_at=summary.output, report=paths))
+        run_id=plan.run_id, trainer=plan.config.trainer, config=config, fingerprint=plan.fingerprint,
+        rows=_rows(summary), table=table, outputs_at=summary.output, report=paths))
 
 
 @task(name="check-unchanged", task_run_name="check-unchanged-{config.run_id}", cache_policy=NO_CACHE,
