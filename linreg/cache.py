@@ -15,11 +15,12 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from pydantic import ValidationError
 
-from linreg import outputs, runindex
+from linreg import outputs, redact, runindex
 from linreg.config import TrainConfig
 from linreg.io import fingerprint, open_table
 from linreg.join import JoinResult
-from linreg.pipeline import RunSummary
+from linreg.migrate import check_schema_version
+from linreg.pipeline import RunSummary, total_mse
 
 IGNORED = ("run_id", "output", "skip_if_unchanged")  # fields that do not change what a run computes
 
@@ -27,7 +28,9 @@ IGNORED = ("run_id", "output", "skip_if_unchanged")  # fields that do not change
 def comparable(config: dict) -> dict | None:
     """The configuration as it affects the results (defaults filled in); None if it no longer parses."""
     try:
-        full = TrainConfig.model_validate({k: v for k, v in config.items() if k not in IGNORED})
+        # redacted: a URI's credentials do not change what a run computes (linreg/redact.py)
+        full = TrainConfig.model_validate({k: redact.redact_config(v) for k, v in config.items()
+                                           if k not in IGNORED})
     except ValidationError:
         return None  # written by an older version with fields that no longer exist: never equal
     return {k: v for k, v in full.model_dump(mode="json").items() if k not in IGNORED}
@@ -35,6 +38,7 @@ def comparable(config: dict) -> dict | None:
 
 def find_unchanged_run(config: TrainConfig) -> dict | None:
     """The newest complete committed run of config.output with the same inputs and configuration, or None."""
+    check_schema_version(config.output)  # runs of an older layout are migrated first, never reused as they are
     weather, yields = open_table(config.weather, "weather"), open_table(config.yields, "yields")
     digest = fingerprint([weather, yields])["sha256"]
     wanted = comparable(config.model_dump(mode="json"))
@@ -61,11 +65,10 @@ def committed_summary(output: str, row: dict) -> RunSummary:
                              filesystem=filesystem).to_pylist()
 
     metric_rows, weight_rows = read("metrics"), read("weights")
-    mse, regions = {}, {}
-    for r in metric_rows:
-        if r["metric"] == "mse" and r["region"] == "all":
-            mse.setdefault(r["split"], {})[r["target"]] = r["value"]
-        if r["metric"] == "mse" and r["region"] != "all" and r["target"] == "all":
+    mse, mean_mse = total_mse(metric_rows)
+    regions = {}
+    for r in metric_rows:  # one row over all targets (target null) per region with rows in the split
+        if r["metric"] == "mse" and r["region"] is not None and r["target"] is None:
             regions[r["split"]] = regions.get(r["split"], 0) + 1
     weights: dict[str, dict[str, float]] = {}
     for w in weight_rows:
@@ -76,4 +79,4 @@ def committed_summary(output: str, row: dict) -> RunSummary:
                       joined=JoinResult(path="", weather_rows=row["weather_rows"], yields_rows=row["yields_rows"],
                                         joined_rows=row["joined_rows"]),
                       rows={"train": row["train_rows"], "holdout": row["holdout_rows"]}, regions=regions, mse=mse,
-                      weights=weights)
+                      weights=weights, mean_mse=mean_mse)

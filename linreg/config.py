@@ -18,7 +18,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from linreg.errors import EXIT_BAD_INPUT, EXIT_FAILURE, InputError
 
-RUN_ID_PATTERN = re.compile(r"^(?:[A-Za-z][A-Za-z0-9._-]*|\d{8}T\d{6}Z-[0-9a-f]{4,})$")
+# Not nan, inf, infinity, true, false or epoch (any case): Polars' hive partitioning reads some as numbers or
+# booleans, DuckDB's as dates and Spark's as doubles, so run_id would not be text in every reader.
+RUN_ID_PATTERN = re.compile(r"^(?!(?i:nan|inf|infinity|true|false|epoch)$)"
+                            r"(?:[A-Za-z][A-Za-z0-9._-]*|\d{8}T\d{6}Z-[0-9a-f]{4,})$")
 
 
 def _cli(flag: str | None = None, *, negate: str | None = None, metavar: str | None = None) -> dict:
@@ -26,7 +29,8 @@ def _cli(flag: str | None = None, *, negate: str | None = None, metavar: str | N
 
 
 class TrainConfig(BaseModel):
-    """Everything a training run needs. Paths may be local or URIs that pyarrow understands."""
+    """Everything a training run needs. Paths may be local or URIs that pyarrow understands; a URI may carry
+    credentials (`s3://KEY:SECRET@bucket/path`), which `linreg.redact` keeps out of everything recorded."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -144,8 +148,9 @@ class TrainConfig(BaseModel):
     @classmethod
     def _run_id_text(cls, run_id: str | None) -> str | None:
         if run_id is not None and not RUN_ID_PATTERN.match(run_id):
-            raise ValueError(f"{run_id!r} is not a valid run id: it must match [A-Za-z][A-Za-z0-9._-]* "
-                             "(text that no reader mistakes for a number or a date)")
+            raise ValueError(f"{run_id!r} is not a valid run id: it must match [A-Za-z][A-Za-z0-9._-]* and not be "
+                             "nan, inf, infinity, true, false or epoch (text that no reader mistakes for a number, "
+                             "a boolean or a date)")
         return run_id
 
     @field_validator("memory_budget")

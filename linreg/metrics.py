@@ -3,6 +3,9 @@
 `SplitErrors` accumulates, per split, the row count, the squared errors per target and the targets'
 moments, batch by batch. `metric_rows` turns them into the rows of the `metrics` dataset; per-region
 MSEs come from `RegionErrors`, summed by region number in the same pass.
+
+Totals are written as SQL's ROLLUP writes them: region null (over all regions) and target null (over all
+targets), so that a region or a target may be called anything, `all` included.
 """
 
 from __future__ import annotations
@@ -59,37 +62,38 @@ class SplitErrors:
 
 def metric_rows(errors: dict[str, SplitErrors], targets: list[str], *, optimum_rss: np.ndarray | None,
                 stats=None) -> list[dict]:
-    """Rows (split, region='all', target, metric, value) per split and target, and over all targets.
+    """Rows (split, region=None, target, metric, value) per split and target, and over all targets
+    (target None): the totals over all regions.
 
     optimum_rss (k,): the exact least-squares residual sum of squares on the training rows, for the
     optimality gap (trained MSE / optimal MSE) and the excess over the optimum relative to the variance.
     stats: the model's `linreg.inference.FitStatistics`, for residual_sd, r2_adj, dof and f_statistic per
-    target, and condition_number and design_rank (target 'all'), on the training split.
+    target, and condition_number and design_rank (target None), on the training split.
     """
     rows = []
 
     def add(split, target, metric, value):
-        rows.append({"split": split, "region": "all", "target": target, "metric": metric, "value": float(value)})
+        rows.append({"split": split, "region": None, "target": target, "metric": metric, "value": float(value)})
 
     for split, acc in errors.items():
         if acc.n == 0:
             continue
-        add(split, "all", "rows", acc.n)
+        add(split, None, "rows", acc.n)
         for j, target in enumerate(targets):
             add(split, target, "mse", acc.mse[j])
             add(split, target, "rmse", math.sqrt(acc.mse[j]))
             add(split, target, "r2", acc.r2[j])
-        add(split, "all", "mse", acc.mse.mean())
-        add(split, "all", "rmse", math.sqrt(acc.mse.mean()))
-        add(split, "all", "r2", np.mean(acc.r2))
+        add(split, None, "mse", acc.mse.mean())
+        add(split, None, "rmse", math.sqrt(acc.mse.mean()))
+        add(split, None, "r2", np.mean(acc.r2))
         if split == "train" and stats is not None:
             for j, target in enumerate(targets):
                 add(split, target, "residual_sd", stats.residual_sd[j])
                 add(split, target, "r2_adj", stats.r2_adj[j])
                 add(split, target, "dof", stats.dof)
                 add(split, target, "f_statistic", stats.f_statistic[j])
-            add(split, "all", "condition_number", stats.condition_number)
-            add(split, "all", "design_rank", stats.design_rank)
+            add(split, None, "condition_number", stats.condition_number)
+            add(split, None, "design_rank", stats.design_rank)
         if split == "train" and optimum_rss is not None:
             opt_mse = optimum_rss / acc.y.weight
             variance = np.diag(acc.y.comoment) / acc.y.weight
@@ -98,7 +102,7 @@ def metric_rows(errors: dict[str, SplitErrors], targets: list[str], *, optimum_r
                 add(split, target, "optimality_gap", acc.mse[j] / opt_mse[j] if opt_mse[j] > 0 else math.nan)
                 add(split, target, "excess_mse_ratio", (acc.mse[j] - opt_mse[j]) / variance[j] if variance[j] > 0 else math.nan)
             total_opt = opt_mse.sum()
-            add(split, "all", "optimality_gap", acc.mse.sum() / total_opt if total_opt > 0 else math.nan)
+            add(split, None, "optimality_gap", acc.mse.sum() / total_opt if total_opt > 0 else math.nan)
     return rows
 
 
@@ -130,7 +134,7 @@ class RegionErrors:
     def batches(self, regions: pa.Array | pa.ChunkedArray, targets: list[str],
                 pairs: int = 1 << 16) -> Iterator[pa.RecordBatch]:
         """The `metrics` rows (split, region, target, metric='mse', value) of every (split, region) with rows,
-        sorted by split and region name, one per target and one over all targets ('all'); NaN where every
+        sorted by split and region name, one per target and one over all targets (target null); NaN where every
         row of the region has weight 0. Record batches of `pairs` (split, region) pairs, built column-wise
         from integer codes (dictionary arrays cast to text): millions of regions take a second, and the
         memory of one batch beyond 8 bytes a region."""
@@ -142,17 +146,20 @@ class RegionErrors:
         # "holdout" sorts before "train"; a stable sort keeps regions with the same name in number order
         codes = codes[np.argsort((1 - codes % 2) * len(names) + name_rank[codes // 2], kind="stable")]
         del name_rank
-        text = lambda indices, words: pa.DictionaryArray.from_arrays(  # noqa: E731
-            pa.array(indices, type=pa.int8()), pa.array(words)).cast(pa.string())
+        text = lambda indices, words, mask=None: pa.DictionaryArray.from_arrays(  # noqa: E731
+            pa.array(indices, type=pa.int8(), mask=mask), pa.array(words)).cast(pa.string())
         for start in range(0, len(codes), pairs):
             part = codes[start:start + pairs]
             weight = np.where(self.weight[part] > 0, self.weight[part], np.nan)
             sse = self.sse[:, part]
             values = np.vstack([sse / weight, sse.sum(axis=0) / (weight * k)]).T  # (pairs, k + 1)
+            target = np.tile(np.arange(each, dtype=np.int8), len(part))
+            total = target == k  # the row over all targets: target null
+            target[total] = 0
             yield pa.record_batch({
                 "split": text(np.repeat((part % 2).astype(np.int8), each), ["train", "holdout"]),
                 "region": names.take(pa.array(np.repeat(part // 2, each))).combine_chunks(),
-                "target": text(np.tile(np.arange(each, dtype=np.int8), len(part)), list(targets) + ["all"]),
+                "target": text(target, list(targets), total),
                 "metric": text(np.zeros(len(part) * each, dtype=np.int8), ["mse"]),
                 "value": pa.array(values.ravel()),
             }, schema=metrics_schema())

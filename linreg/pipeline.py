@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 import torch
 
 import linreg
-from linreg import blas, destination, metrics, outputs, ranks, shard
+from linreg import blas, destination, metrics, outputs, ranks, redact, shard
 from linreg.background import BackgroundWriter, read_ahead
 from linreg.config import TrainConfig
 from linreg.errors import InputError
@@ -34,8 +34,9 @@ from linreg.fit import FitResult, TrainOptions, fit
 from linreg.io import BATCH_ROWS, fingerprint, open_table
 from linreg.dist import Cluster
 from linreg.join import REGION_INDEX, JoinResult, check_drops, connect, join_tables, parse_aggregate
+from linreg.migrate import check_schema_version
 from linreg.progress import Progress
-from linreg.schema import SCHEMA_VERSION, Columns, metrics_schema, predictions_schema, resolve_columns
+from linreg.schema import SCHEMA_VERSION, Columns, metrics_schema, predictions_schema, resolve_columns, runs_schema
 from linreg.split import Split, choose_split
 from linreg.stream import StreamedRows
 from linreg.tensors import matrix, read_batches
@@ -67,7 +68,8 @@ class RunPlan:
 
     def metadata(self) -> dict[bytes, bytes]:
         return outputs.file_metadata(run_id=self.run_id, trainer=self.config.trainer,
-                                     config=self.config.model_dump(mode="json"), fingerprint=self.fingerprint,
+                                     config=redact.redact_config(self.config.model_dump(mode="json")),
+                                     fingerprint=self.fingerprint,
                                      versions=versions(), schema_version=SCHEMA_VERSION)
 
 
@@ -85,6 +87,7 @@ def plan_run(config: TrainConfig) -> RunPlan:
     fingerprint them, and make the staging area."""
     destination.check_writable(config.output)
     outputs.recover(config.output)
+    check_schema_version(config.output)  # a root with runs of an older layout: migrate it first
     weather = open_table(config.weather, "weather")
     yields = open_table(config.yields, "yields")
     columns = resolve_columns(weather, yields, features=config.features, targets=config.targets, keys=config.join_keys)
@@ -298,7 +301,7 @@ def evaluate_model(plan: RunPlan, joined: JoinResult, split: Split, fit: FitResu
         region_table = pa.concat_tables(cluster.all_gather_object(by_region.table(regions, columns.targets)))
         order = pc.sort_indices(region_table, sort_keys=[("split", "ascending"), ("region", "ascending")])
         region_table = region_table.take(order)  # a stable sort: each region's targets keep their order
-        per_split = pc.value_counts(region_table.column("split"))  # a row per region and target, and 'all'
+        per_split = pc.value_counts(region_table.column("split"))  # a row per region and target, and the total
         counts = {c["values"]: c["counts"] // (k + 1) for c in per_split.to_pylist()}
         region_batches = region_table.to_batches()
     else:  # streamed to the file: millions of regions' rows are never one table
@@ -329,8 +332,9 @@ class RunSummary:
     joined: JoinResult
     rows: dict[str, int]
     regions: dict[str, int]
-    mse: dict[str, dict[str, float]]
+    mse: dict[str, dict[str, float]]  # split -> target -> MSE over all regions
     weights: dict[str, dict[str, float]]
+    mean_mse: dict[str, float] = field(default_factory=dict)  # split -> the mean of the targets' MSEs
 
     def text(self) -> str:
         j = self.joined
@@ -340,7 +344,8 @@ class RunSummary:
                  f"  train: {self.rows.get('train', 0)} rows in {self.regions.get('train', 0)} region(s); "
                  f"holdout: {self.rows.get('holdout', 0)} rows in {self.regions.get('holdout', 0)} region(s)"]
         for split, per_target in self.mse.items():
-            lines.append(f"  {split} MSE: " + ", ".join(f"{t} {v:.6g}" for t, v in per_target.items()))
+            mean = f"; mean over targets {self.mean_mse[split]:.6g}" if split in self.mean_mse else ""
+            lines.append(f"  {split} MSE: " + ", ".join(f"{t} {v:.6g}" for t, v in per_target.items()) + mean)
         lines.append("  outputs: " + ", ".join(f"{d} {p}" for d, p in self.output.items()))
         return "\n".join(lines)
 
@@ -348,28 +353,34 @@ class RunSummary:
 def commit_run(plan: RunPlan, joined: JoinResult, fit: FitResult, evaluation: Evaluation) -> RunSummary:
     """Write the runs index entry and move the run's partitions into the datasets."""
     finished = dt.datetime.now(dt.timezone.utc)
-    run = {"run_id": plan.run_id, "trainer": plan.config.trainer,
+    run = {"trainer": plan.config.trainer,
            "config": plan.metadata()[b"linreg.config"].decode(), "input_fingerprint": plan.fingerprint["sha256"],
            "weather_rows": joined.weather_rows, "yields_rows": joined.yields_rows, "joined_rows": joined.joined_rows,
            "train_rows": evaluation.rows.get("train", 0), "holdout_rows": evaluation.rows.get("holdout", 0),
            "started_at": plan.started_at, "finished_at": finished}
-    runs_schema = pa.schema([("run_id", pa.string()), ("trainer", pa.string()), ("config", pa.string()),
-                             ("input_fingerprint", pa.string())]
-                            + [(n, pa.int64()) for n in ("weather_rows", "yields_rows", "joined_rows",
-                                                          "train_rows", "holdout_rows")]
-                            + [("started_at", pa.timestamp("us", tz="UTC")), ("finished_at", pa.timestamp("us", tz="UTC"))])
-    outputs.write_table(plan.staging.file("runs"), pa.Table.from_pylist([run], schema=runs_schema), plan.metadata())
+    # no run_id column: the folder run_id=<id> names the run, one column for every reader (schema version 2)
+    outputs.write_table(plan.staging.file("runs"), pa.Table.from_pylist([run], schema=runs_schema()), plan.metadata())
     final = plan.staging.commit()
     shutil.rmtree(plan.work_dir, ignore_errors=True)
-    mse = {}
-    for row in evaluation.metrics:
-        if row["metric"] == "mse" and row["region"] == "all":
-            mse.setdefault(row["split"], {})[row["target"]] = row["value"]
+    mse, mean_mse = total_mse(evaluation.metrics)
     weights = {t: dict(zip(list(fit.model.features) + ["intercept"],
                             [float(v) for v in (*fit.model.coef_[j], fit.model.intercept_[j])]))
                for j, t in enumerate(fit.model.targets)}
     return RunSummary(run_id=plan.run_id, trainer=plan.config.trainer, output=final, joined=joined,
-                      rows=evaluation.rows, regions=evaluation.regions, mse=mse, weights=weights)
+                      rows=evaluation.rows, regions=evaluation.regions, mse=mse, weights=weights, mean_mse=mean_mse)
+
+
+def total_mse(metric_rows: list[dict]) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+    """From `metrics` rows: the MSE over all regions per split and target, and per split over all targets
+    (the totals: region null; target null for the mean over targets)."""
+    mse, mean_mse = {}, {}
+    for row in metric_rows:
+        if row["metric"] == "mse" and row["region"] is None:
+            if row["target"] is None:
+                mean_mse[row["split"]] = row["value"]
+            else:
+                mse.setdefault(row["split"], {})[row["target"]] = row["value"]
+    return mse, mean_mse
 
 
 def discard(plan: RunPlan) -> None:

@@ -43,17 +43,23 @@ class ReportPaths:
 
 
 def metric_table(metric_rows: list[dict]) -> list[dict]:
-    """One row per split and target (region 'all'): rows, mse, rmse, r2, and the optimality gap on train."""
+    """One row per split and target over all regions (region null): rows, mse, rmse, r2, and the
+    optimality gap on train; target None is the row over all targets, last in its split."""
     table: dict[tuple, dict] = {}
     rows_per_split = {r["split"]: int(r["value"]) for r in metric_rows
-                      if r["metric"] == "rows" and r["region"] == "all"}
+                      if r["metric"] == "rows" and r["region"] is None}
     for r in metric_rows:
-        if r["region"] != "all" or r["metric"] not in ("mse", "rmse", "r2", "optimality_gap"):
+        if r["region"] is not None or r["metric"] not in ("mse", "rmse", "r2", "optimality_gap"):
             continue
         entry = table.setdefault((r["split"], r["target"]), {"split": r["split"], "target": r["target"],
                                                                "rows": rows_per_split.get(r["split"], 0)})
         entry[r["metric"]] = r["value"]
-    return sorted(table.values(), key=lambda e: (e["split"] != "train", e["target"] == "all", e["target"]))
+    return sorted(table.values(), key=lambda e: (e["split"] != "train", e["target"] is None, e["target"] or ""))
+
+
+def target_label(target: str | None) -> str:
+    """How a person sees a metric's target: its name, or 'all targets' (in italics) for the total row."""
+    return "*all targets*" if target is None else target
 
 
 def _read_metrics(filesystem, root: str, run_id: str) -> list[dict]:
@@ -147,7 +153,7 @@ def _html(run_id: str, trainer: str, table: list[dict], png_name: str, region_ms
     def num(v):
         return "" if v is None else f"{v:.6g}"
 
-    rows = "".join(f"<tr><td>{html.escape(e['split'])}</td><td>{html.escape(e['target'])}</td><td>{e['rows']}</td>"
+    rows = "".join(f"<tr><td>{html.escape(e['split'])}</td><td>{_html_target(e['target'])}</td><td>{e['rows']}</td>"
                    f"<td>{num(e.get('mse'))}</td><td>{num(e.get('rmse'))}</td><td>{num(e.get('r2'))}</td></tr>"
                    for e in table)
     worst = sorted(region_mse, key=lambda rv: rv[1], reverse=True)[:MAX_REGIONS]
@@ -164,6 +170,10 @@ def _html(run_id: str, trainer: str, table: list[dict], png_name: str, region_ms
             + "</body></html>")
 
 
+def _html_target(target: str | None) -> str:
+    return "<em>all targets</em>" if target is None else html.escape(target)
+
+
 def _put(filesystem, path: str, data: bytes) -> None:
     """Write a file whole: to a temporary name, then moved into place (atomic on local disk)."""
     temporary = f"{path}.tmp"
@@ -177,10 +187,10 @@ def write_report(output: str, run_id: str, *, trainer: str, losses: list[float] 
     filesystem, root, is_local = outputs.resolve(output)
     metric_rows = _read_metrics(filesystem, root, run_id)
     table = metric_table(metric_rows)
-    targets = [e["target"] for e in table if e["split"] == "train" and e["target"] != "all"]
+    targets = [e["target"] for e in table if e["split"] == "train" and e["target"] is not None]
     holdout_rows = next((e["rows"] for e in table if e["split"] == "holdout"), 0)
     region_mse = [(r["region"], r["value"]) for r in metric_rows if r["split"] == "holdout" and
-                  r["region"] != "all" and r["target"] == "all" and r["metric"] == "mse"]
+                  r["region"] is not None and r["target"] is None and r["metric"] == "mse"]
     sample = _holdout_sample(filesystem, root, run_id, targets, holdout_rows) if holdout_rows else {}
     png = _figure(run_id, trainer, list(losses or []), table, region_mse, sample, targets)
     directory = f"{root}/{REPORTS}/run_id={run_id}"
@@ -198,7 +208,7 @@ def summary_markdown(*, run_id: str, trainer: str, config: dict, fingerprint: di
     if report:
         lines += [f"**Report**: [report.html]({_link(report.html)}) · [report.png]({_link(report.png)})", ""]
     lines += ["## MSE per target", "", "| split | target | rows | MSE | RMSE | R² |", "|---|---|---:|---:|---:|---:|"]
-    lines += [f"| {e['split']} | {e['target']} | {e['rows']} | {e.get('mse', float('nan')):.6g} | "
+    lines += [f"| {e['split']} | {target_label(e['target'])} | {e['rows']} | {e.get('mse', float('nan')):.6g} | "
               f"{e.get('rmse', float('nan')):.6g} | {e.get('r2', float('nan')):.4f} |" for e in table]
     lines += ["", "## Rows", ""] + [f"- {name}: {value}" for name, value in rows.items()]
     lines += ["", "## Outputs", ""] + [f"- {name}: `{path}`" for name, path in outputs_at.items()]

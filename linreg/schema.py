@@ -13,8 +13,9 @@ import pyarrow.dataset as ds
 from linreg.errors import InputError, format_examples
 from linreg.io import Table
 
-SCHEMA_VERSION = "1"
-RESERVED_WORDS = ("intercept", "all", "split", "run_id", "model_run_id", "score_run_id")
+# 2: totals have null region and target (were 'all'); the runs entry has no run_id column (its folder names it)
+SCHEMA_VERSION = "2"
+RESERVED_WORDS = ("intercept", "split", "run_id", "model_run_id", "score_run_id")
 SPLITS = ("train", "holdout")
 
 
@@ -171,8 +172,20 @@ def check_weight_column(yields: Table, column: str, columns: Columns) -> None:
 
 
 def metrics_schema() -> pa.Schema:
+    """region null: over all regions; target null: over all targets (as SQL's ROLLUP writes totals)."""
     return pa.schema([("split", pa.string()), ("region", pa.string()), ("target", pa.string()),
                       ("metric", pa.string()), ("value", pa.float64())])
+
+
+RUN_COUNTS = ("weather_rows", "yields_rows", "joined_rows", "train_rows", "holdout_rows")
+
+
+def runs_schema() -> pa.Schema:
+    """A runs-index entry: one row, without run_id (the hive folder `run_id=<id>` holds it, so that every
+    reader of the dataset gets one run_id column, text, from the partitioning)."""
+    return pa.schema([("trainer", pa.string()), ("config", pa.string()), ("input_fingerprint", pa.string())]
+                     + [(name, pa.int64()) for name in RUN_COUNTS]
+                     + [("started_at", pa.timestamp("us", tz="UTC")), ("finished_at", pa.timestamp("us", tz="UTC"))])
 
 
 def predictions_schema(key_fields: list[pa.Field], targets: list[str], weight_column: str | None = None) -> pa.Schema:

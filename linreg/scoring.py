@@ -25,6 +25,7 @@ from linreg.config import RUN_ID_PATTERN
 from linreg.errors import InputError, format_examples
 from linreg.estimator import TrainedRun, load_run
 from linreg.io import Table, fingerprint, open_table
+from linreg.migrate import check_schema_version
 from linreg.pipeline import new_run_id, versions
 from linreg.schema import SCHEMA_VERSION, pred_column
 from linreg.tensors import matrix
@@ -126,6 +127,7 @@ def score(config: ScoreConfig) -> ScoreSummary:
     start = time.perf_counter()
     run = load_run(config.model)
     destination.check_writable(config.output or run.output)
+    check_schema_version(config.output or run.output)  # a root with runs of an older layout: migrate it first
     table = open_table(config.weather, "weather")
     keys = score_keys(run, table)
     check_features(table, keys, run, allow_extra=config.allow_extra_columns)

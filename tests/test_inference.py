@@ -436,13 +436,13 @@ def test_outputs_carry_statistics_with_documented_types(tmp_path):
 
     metrics = dict(((m, t), v) for m, t, v in con.sql(
         f"SELECT metric, target, value FROM read_parquet('{out}/metrics/run_id=weighted/*.parquet') "
-        "WHERE split = 'train' AND region = 'all'").fetchall())
+        "WHERE split = 'train' AND region IS NULL").fetchall())
     assert metrics[("dof", "apples")] == res.df_resid
     assert metrics[("r2_adj", "apples")] == pytest.approx(res.rsquared_adj, rel=1e-10)
     assert metrics[("r2", "apples")] == pytest.approx(res.rsquared, rel=1e-10)
     assert metrics[("f_statistic", "apples")] == pytest.approx(res.fvalue, rel=1e-9)
     assert metrics[("residual_sd", "apples")] == pytest.approx(math.sqrt(res.scale), rel=1e-10)
-    assert metrics[("design_rank", "all")] == 4 and metrics[("condition_number", "all")] >= 1
+    assert metrics[("design_rank", None)] == 4 and metrics[("condition_number", None)] >= 1
     resid = preds["apples"].to_numpy() - preds["apples_pred"].to_numpy()
     wt = preds["wt"].to_numpy()
     assert metrics[("mse", "apples")] == pytest.approx(wt @ resid**2 / wt.sum(), rel=1e-12)  # weighted MSE
@@ -456,7 +456,7 @@ def test_no_intercept_training_r2_is_uncentred(tmp_path):
     preds = con.sql(f"SELECT apples, apples_pred FROM read_parquet('{out}/predictions/*/*.parquet') "
                     "WHERE split = 'train'").fetchnumpy()
     r2 = con.sql(f"SELECT value FROM read_parquet('{out}/metrics/*/*.parquet') WHERE split = 'train' "
-                 "AND region = 'all' AND target = 'apples' AND metric = 'r2'").fetchall()[0][0]
+                 "AND region IS NULL AND target = 'apples' AND metric = 'r2'").fetchall()[0][0]
     resid = preds["apples"] - preds["apples_pred"]
     assert r2 == pytest.approx(1 - resid @ resid / (preds["apples"] @ preds["apples"]), rel=1e-12)
 

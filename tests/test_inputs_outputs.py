@@ -11,6 +11,7 @@ import pytest
 
 from linreg import pipeline
 from linreg.config import make_config
+from linreg.schema import SCHEMA_VERSION
 from tests.helpers import linear_tables, write
 
 
@@ -83,8 +84,8 @@ def test_outputs_read_by_duckdb_with_documented_columns_and_types(tmp_path):
     assert types == {"region": "VARCHAR", "year": "BIGINT", "split": "VARCHAR", "apples": "DOUBLE",
                      "apples_pred": "DOUBLE", "oranges": "DOUBLE", "oranges_pred": "DOUBLE", "run_id": "VARCHAR"}
     assert count == 2 * 200
-    runs = con.sql(f"SELECT run_id, trainer, joined_rows FROM read_parquet('{out}/runs/*/*.parquet') "
-                   "ORDER BY run_id").fetchall()
+    runs = con.sql(f"SELECT run_id, trainer, joined_rows FROM read_parquet('{out}/runs/*/*.parquet', "
+                   "hive_partitioning = true) ORDER BY run_id").fetchall()
     assert runs == [("first", "exact", 200), ("second", "manual", 200)]
 
 
@@ -103,13 +104,15 @@ def test_predictions_and_metrics_agree_with_the_weights(tmp_path):
     for split in ("train", "holdout"):
         rows = pred[pred.split == split]
         mse = ((rows.apples - rows.apples_pred) ** 2).mean()
-        got = metrics.query("split == @split and region == 'all' and target == 'apples' and metric == 'mse'")
+        got = metrics[(metrics.split == split) & metrics.region.isna() & (metrics.target == "apples")
+                      & (metrics.metric == "mse")]
         assert got.value.item() == pytest.approx(mse, rel=1e-12)
     # Per-region MSE rows, and no region in both splits.
     assert set(pred[pred.split == "train"].region).isdisjoint(pred[pred.split == "holdout"].region)
-    per_region = metrics.query("region != 'all' and metric == 'mse' and target == 'apples'")
+    per_region = metrics[metrics.region.notna() & (metrics.metric == "mse") & (metrics.target == "apples")]
     assert len(per_region) == pred.region.nunique()
-    gap = metrics.query("split == 'train' and target == 'all' and metric == 'optimality_gap'").value.item()
+    gap = metrics[(metrics.split == "train") & metrics.target.isna() & (metrics.metric == "optimality_gap")]
+    gap = gap.value.item()
     assert gap == pytest.approx(1.0, abs=1e-9)  # the exact trainer is the optimum
 
 
@@ -120,7 +123,7 @@ def test_every_output_file_records_run_metadata(tmp_path):
         meta = pq.read_schema(tmp_path / "out" / dataset / "run_id=meta" / "part-0.parquet").metadata
         assert meta[b"linreg.run_id"] == b"meta"
         assert meta[b"linreg.trainer"] == b"nn"
-        assert meta[b"linreg.schema_version"] == b"1"
+        assert meta[b"linreg.schema_version"] == SCHEMA_VERSION.encode() == b"2"
         assert json.loads(meta[b"linreg.config"])["seed"] == 3
         fingerprint = json.loads(meta[b"linreg.input_fingerprint"])
         files = [f for t in fingerprint["tables"] for f in t["files"]]

@@ -75,18 +75,20 @@ def test_region_metrics_equal_a_pandas_group_by_of_the_predictions(tmp_path, wei
         pred[f"se_{target}"] = weight * (pred[target] - pred[f"{target}_pred"]) ** 2
     pred["weight"] = weight
     sums = pred.groupby(["split", "region"])[["se_apples", "se_oranges", "weight"]].sum()
-    per_region = metrics[(metrics.region != "all") & (metrics.metric == "mse")]
-    assert len(per_region) == 3 * len(sums)  # both targets and 'all', per (split, region) with rows
-    assert list(per_region[per_region.target == "all"][["split", "region"]].itertuples(index=False, name=None)) \
+    per_region = metrics[metrics.region.notna() & (metrics.metric == "mse")]
+    assert len(per_region) == 3 * len(sums)  # both targets and the mean over targets, per (split, region) with rows
+    assert list(per_region[per_region.target.isna()][["split", "region"]].itertuples(index=False, name=None)) \
         == sorted(sums.index)  # sorted by split, then region
     for (split, region), row in sums.iterrows():
-        got = per_region[(per_region.split == split) & (per_region.region == region)].set_index("target").value
+        got = per_region[(per_region.split == split) & (per_region.region == region)]
+        got = got.set_index(got.target.fillna("(all targets)")).value
         if row.weight == 0:  # every row of the region has weight 0
             assert got.isna().all()
             continue
         np.testing.assert_allclose(got["apples"], row.se_apples / row.weight, rtol=1e-12)
         np.testing.assert_allclose(got["oranges"], row.se_oranges / row.weight, rtol=1e-12)
-        np.testing.assert_allclose(got["all"], (row.se_apples + row.se_oranges) / (2 * row.weight), rtol=1e-12)
+        np.testing.assert_allclose(got["(all targets)"], (row.se_apples + row.se_oranges) / (2 * row.weight),
+                                   rtol=1e-12)
     assert set(sums.index.get_level_values("split")) == {"train", "holdout"}
 
 
@@ -95,9 +97,9 @@ def test_region_errors_of_integer_regions_are_named_as_text_and_sorted_by_name()
     errors.update(np.array([2, 0, 2, 1]), np.array([False, False, False, True]), np.array([[1.0], [4.0], [3.0], [9.0]]))
     table = errors.table(pa.array([100, 7, 20]), ["y"]).to_pylist()
     assert [(r["split"], r["region"], r["target"], r["value"]) for r in table] == [
-        ("holdout", "7", "y", 9.0), ("holdout", "7", "all", 9.0),
-        ("train", "100", "y", 4.0), ("train", "100", "all", 4.0),
-        ("train", "20", "y", 2.0), ("train", "20", "all", 2.0)]
+        ("holdout", "7", "y", 9.0), ("holdout", "7", None, 9.0),
+        ("train", "100", "y", 4.0), ("train", "100", None, 4.0),
+        ("train", "20", "y", 2.0), ("train", "20", None, 2.0)]
     assert RegionErrors(3, 2).table(pa.array(["a", "b", "c"]), ["u", "v"]).num_rows == 0
 
 

@@ -43,7 +43,7 @@ KILLED = -9
 RUN_TIMEOUT = 180  # seconds for one flow run (about 3 s each on an idle 2-core machine)
 RUN_ID = "nightly"
 ORDER = {"weights": ["target", "term"], "metrics": ["split", "region", "target", "metric"],
-         "predictions": ["region", "year"], "runs": ["run_id"]}
+         "predictions": ["region", "year"], "runs": ["trainer"]}  # runs: one row, its run id in the folder name
 
 
 def flow_args(out: Path, run_id: str = RUN_ID) -> list[str]:
@@ -213,7 +213,7 @@ def published(out: Path) -> dict:
 def committed_views(out: Path) -> dict:
     """dataset -> run ids seen through the README's views (committed runs only), with DuckDB."""
     con = duckdb.connect()
-    con.execute(f"CREATE VIEW runs AS SELECT * FROM read_parquet('{out}/runs/*/*.parquet')")
+    con.execute(f"CREATE VIEW runs AS SELECT * FROM read_parquet('{out}/runs/*/*.parquet', hive_partitioning = true)")
     for dataset in ("weights", "metrics", "predictions"):
         con.execute(f"CREATE VIEW {dataset} AS SELECT * FROM read_parquet('{out}/{dataset}/*/*.parquet', "
                     "hive_partitioning = true) SEMI JOIN runs USING (run_id)")

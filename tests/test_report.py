@@ -60,9 +60,9 @@ def test_report_pictures_are_drawn_and_show_the_runs_numbers(nn_run):
     assert "<img src='report.png'" in page and "Run pictured (nn)" in page
     metrics = _metrics(out, "pictured")
     for r in metrics:
-        if r["region"] == "all" and r["metric"] in ("mse", "r2"):
+        if r["region"] is None and r["metric"] in ("mse", "r2"):
             assert f"{r['value']:.6g}" in page  # every MSE and R^2 per split and target
-    regions = [r for r in metrics if r["split"] == "holdout" and r["region"] != "all" and r["target"] == "all"
+    regions = [r for r in metrics if r["split"] == "holdout" and r["region"] is not None and r["target"] is None
                and r["metric"] == "mse"]
     assert len(regions) == 8 and all(f"<td>{r['region']}</td><td>{r['value']:.6g}</td>" in page for r in regions)
     assert not any(f.endswith(".parquet") for f in os.listdir(os.path.dirname(png)))
@@ -75,12 +75,13 @@ def test_artifacts_hold_the_metrics_table_and_the_summary(nn_run):
             flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])))}
     assert set(artifacts) == {"table", "markdown"}
     table = artifacts["table"].data if isinstance(artifacts["table"].data, list) else json.loads(artifacts["table"].data)
-    metrics = {(r["split"], r["target"], r["metric"]): r["value"] for r in _metrics(out, "pictured") if r["region"] == "all"}
+    metrics = {(r["split"], r["target"], r["metric"]): r["value"] for r in _metrics(out, "pictured")
+               if r["region"] is None}
     assert {(row["split"], row["target"]) for row in table} == {(s, t) for s in ("train", "holdout")
-                                                                  for t in ("apples", "oranges", "all")}
+                                                                  for t in ("apples", "oranges", None)}
     for row in table:
         assert row["mse"] == metrics[row["split"], row["target"], "mse"]
-        assert row["rows"] == metrics[row["split"], "all", "rows"]
+        assert row["rows"] == metrics[row["split"], None, "rows"]
     summary = artifacts["markdown"].data
     runs = pq.read_table(f"{out}/runs/run_id=pictured").to_pylist()[0]
     assert runs["input_fingerprint"] in summary  # the input fingerprint

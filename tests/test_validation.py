@@ -113,7 +113,7 @@ def test_integer_keys_of_different_widths_join(tmp_path):
     assert run(tmp_path, w, y).joined.joined_rows == 10
 
 
-@pytest.mark.parametrize("name", ["intercept", "all", "split", "run_id", "apples_pred"])
+@pytest.mark.parametrize("name", ["intercept", "split", "run_id", "apples_pred"])
 def test_names_that_collide_with_outputs_are_rejected(tmp_path, name):
     w, y = tables(tmp_path, weather={name: [1.0] * 10})
     with pytest.raises(InputError, match="would collide"):
