@@ -48,7 +48,7 @@ def _shape(n, p, seed, correlated):
 
 
 SHAPES = [(5, 1, False), (8, 3, True), (50, 12, True), (1000, 12, False), (1000, 1, True),
-          (100_000, 12, True), (1_000_000, 3, False)]
+          (100_000, 12, True), pytest.param(1_000_000, 3, False, marks=pytest.mark.slow)]  # slow: python -m pytest -m slow
 
 
 @pytest.mark.parametrize("trainer", ["manual", "nn"])
