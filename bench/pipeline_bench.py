@@ -31,7 +31,7 @@ def ensure_data(rows: int, data_dir: Path) -> tuple[Path, float | None]:
     out = data_dir / f"rows{rows}"
     if (out / "truth.json").exists():
         return out, None
-    from linreg.synth import generate
+    from datagen.synth import generate
 
     start = time.perf_counter()
     generate(out, rows=rows, regions=max(rows // 100, 1), overwrite=True)
@@ -76,7 +76,7 @@ def join_alone_seconds(data: Path, memory_limit: str, polars_too: bool = True) -
 
 def child(data: str, memory_budget: str, trainer: str = "exact", epochs: int | None = None) -> dict:
     """One measured stage in this (child) process; returns seconds and details."""
-    from linreg import pipeline
+    from linreg.pipeline import steps
     from linreg.config import make_config
 
     config = make_config(weather=f"{data}/weather", yields=f"{data}/yields", output=f"{data}/bench-out",
@@ -88,22 +88,22 @@ def child(data: str, memory_budget: str, trainer: str = "exact", epochs: int | N
         return vm_hwm_mb()
 
     start = time.perf_counter()
-    plan = pipeline.plan_run(config)
+    plan = steps.plan_run(config)
     timings["plan"] = time.perf_counter() - start
     mark = time.perf_counter()
-    joined = pipeline.join_inputs(plan)
+    joined = steps.join_inputs(plan)
     timings["validate+join"] = time.perf_counter() - mark
     rss["validate+join"] = peak()
     mark = time.perf_counter()
-    split = pipeline.split_rows(plan, joined)
+    split = steps.split_rows(plan, joined)
     timings["split"] = time.perf_counter() - mark
     rss["split"] = peak()
     mark = time.perf_counter()
-    fit = pipeline.fit_model(plan, joined, split)
+    fit = steps.fit_model(plan, joined, split)
     timings["fit"] = time.perf_counter() - mark
     rss["fit"] = peak()
     mark = time.perf_counter()
-    evaluation = pipeline.evaluate_model(plan, joined, split, fit)
+    evaluation = steps.evaluate_model(plan, joined, split, fit)
     timings["evaluate+predictions"] = time.perf_counter() - mark
     rss["evaluate+predictions"] = peak()
     parquet_copy = _parquet_copy(joined.path, plan.work_dir)
@@ -115,7 +115,7 @@ def child(data: str, memory_budget: str, trainer: str = "exact", epochs: int | N
     _scan_joined(joined.path)
     timings["read of joined file (IPC)"] = time.perf_counter() - mark
     mark = time.perf_counter()
-    pipeline.commit_run(plan, joined, fit, evaluation)
+    steps.commit_run(plan, joined, fit, evaluation)
     timings["commit"] = time.perf_counter() - mark
     rss["commit"] = peak()
     timings["end to end"] = sum(timings[k] for k in ("plan", "validate+join", "split", "fit",
@@ -137,7 +137,7 @@ def vm_hwm_mb() -> float:
 
 
 def _scan_joined(path: str) -> int:
-    from linreg.tensors import read_batches
+    from linreg.inputs.batches import read_batches
 
     return sum(b.num_rows for b in read_batches(path, FEATURES + TARGETS))
 
@@ -147,7 +147,7 @@ def _parquet_copy(joined_path: str, work_dir: str) -> str:
     the baseline "scan of the joined rows"; not timed."""
     import pyarrow.parquet as pq
 
-    from linreg.tensors import read_batches
+    from linreg.inputs.batches import read_batches
 
     path = os.path.join(work_dir, "joined-baseline.parquet")
     batches = read_batches(joined_path, FEATURES + TARGETS)
@@ -178,7 +178,7 @@ def in_memory_solvers(data: Path, joined_rows: int) -> dict[str, tuple[float, fl
     import numpy as np
     import pyarrow.dataset as ds
 
-    from linreg.fit import fit
+    from linreg.models.fit import fit
 
     start = time.perf_counter()
     w = ds.dataset(data / "weather").to_table(columns=KEYS + FEATURES)

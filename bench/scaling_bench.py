@@ -33,8 +33,8 @@ def _rank(rank, world, init, rows, epochs, batch, queue):
     torch.set_num_threads(1)
     tdist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world,
                              timeout=dt.timedelta(seconds=120))
-    from linreg.dist import Cluster
-    from linreg.trainers import train_nn
+    from linreg.parallel.dist import Cluster
+    from linreg.models.trainers import train_nn
 
     cluster = Cluster(rank=rank, world_size=world, local_rank=rank, device=torch.device("cpu"))
     gen = torch.Generator().manual_seed(rank)
@@ -78,10 +78,10 @@ def train_rate(rows: int, epochs: int, batch: int, world: int) -> tuple[float, f
 
 
 def join_seconds(weather: str, yields: str, world: int, rank: int, work: str) -> float:
-    from linreg import shard
-    from linreg.io import open_table
-    from linreg.join import connect, join_tables
-    from linreg.schema import resolve_columns
+    from linreg.inputs import shard
+    from linreg.inputs.tables import open_table
+    from linreg.inputs.join import connect, join_tables
+    from linreg.inputs.schema import resolve_columns
 
     w, y = open_table(weather, "weather"), open_table(yields, "yields")
     columns = resolve_columns(w, y, features=FEATURES, targets=TARGETS, keys=None)
@@ -113,7 +113,7 @@ def main() -> None:
     print(f"  all-reduce / step time (2 ranks): {comm / two_step:.2f}  "
           f"({comm * 1e6:.0f} us of {two_step * 1e6:.0f} us per step)")
 
-    from linreg.synth import generate
+    from datagen.synth import generate
 
     with tempfile.TemporaryDirectory(prefix="linreg-scaling-") as tmp:
         flat, parted = Path(tmp) / "flat", Path(tmp) / "parted"

@@ -4,7 +4,7 @@
 
 The bare loop is the PERF-NOTES floor for nn.Linear + SGD: shuffled contiguous chunks (the chunk order
 is permuted, rows inside a chunk stay together), no per-epoch loss evaluation. The product's epoch
-(linreg.trainers.train_nn, tol 0) shuffles the rows once, then visits contiguous batches in a new order
+(linreg.models.trainers.train_nn, tol 0) shuffles the rows once, then visits contiguous batches in a new order
 every epoch and records each batch's loss for its convergence rule; its fastest epoch of --repeat is
 compared with the bare loop's fastest, and its one-time setup (packing, the one shuffle) is printed apart.
 Prints rows per second and the product / floor time ratio (target: within 1.2x).
@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from linreg import dist
-from linreg.trainers import train_nn
+from linreg.parallel import dist
+from linreg.models.trainers import train_nn
 
 
 def bare_epoch(X: torch.Tensor, Y: torch.Tensor, batch: int, gen: torch.Generator) -> float:

@@ -5,7 +5,7 @@
 
 A run into a root that holds runs of an older version stops with exit code 2 and names this command.
 It rewrites only what changed (each old run's metrics file, then its runs entry), each file replaced whole,
-and is safe to rerun after an interruption (see linreg/migrate.py). Run it while no run writes to the root.
+and is safe to rerun after an interruption (see linreg/outputs/migrate.py). Run it while no run writes to the root.
 Exit codes: 0 success, 2 bad input, 1 anything else.
 """
 
@@ -15,7 +15,7 @@ import argparse
 import sys
 
 from flows import cli
-from linreg import migrate
+from linreg.outputs import migrate
 from linreg.errors import EXIT_BAD_INPUT, EXIT_FAILURE
 
 

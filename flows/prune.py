@@ -17,7 +17,7 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from flows import cli
-from linreg import prune as retention
+from linreg.outputs import retention
 from linreg import redact
 from linreg.errors import EXIT_BAD_INPUT, EXIT_FAILURE
 from tasks.prune_steps import prune_runs

@@ -22,11 +22,11 @@ import sys
 
 if __name__ == "__main__" and "RANK" in os.environ and "LOCAL_RANK" in os.environ:
     # A rank of `torchrun -m flows.train`: run this rank's share of the job, without Prefect (not imported).
-    from linreg.job import rank_main
+    from linreg.launch.job import rank_main
 
     sys.exit(rank_main(sys.argv[1:]))
 if __name__ == "__main__" and any(a.split("=")[0] in ("--nproc-per-node", "--nnodes") for a in sys.argv[1:]):
-    from linreg.launch import cli_main  # launch torchrun; Prefect is not needed (nor imported) for that
+    from linreg.launch.torchrun import cli_main  # launch torchrun; Prefect is not needed (nor imported) for that
 
     sys.exit(cli_main(sys.argv[1:]))
 
@@ -35,7 +35,9 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
 from flows import cli
-from linreg import destination, pipeline, redact
+from linreg.outputs import destination
+from linreg.pipeline import steps
+from linreg import redact
 from linreg.config import TrainConfig, build_parser, config_from_args
 from tasks.dist_steps import run_job
 from tasks.train_steps import (commit_run, evaluate_model, find_unchanged_run, fit_model, join_inputs, plan_run,
@@ -51,15 +53,15 @@ def _run_name() -> str:
     config = TrainConfig.model_validate(config) if isinstance(config, dict) else config
     if config is None:
         config = TrainConfig()
-    run_id = config.run_id or _NEW_RUN_IDS.setdefault(str(flow_run.id), pipeline.new_run_id())
+    run_id = config.run_id or _NEW_RUN_IDS.setdefault(str(flow_run.id), steps.new_run_id())
     return f"train-{config.trainer}-{run_id}"
 
 
 @flow(name="train", flow_run_name=_run_name, validate_parameters=True)
-def train(config: TrainConfig = TrainConfig()) -> pipeline.RunSummary:
+def train(config: TrainConfig = TrainConfig()) -> steps.RunSummary:
     """One training run: plan, validate and join, split, train, evaluate, commit; then its report and artifacts."""
     config = redact.protect_parameters(config, get_run_logger())
-    run_id = config.run_id or _NEW_RUN_IDS.pop(str(flow_run.id), None) or pipeline.new_run_id()
+    run_id = config.run_id or _NEW_RUN_IDS.pop(str(flow_run.id), None) or steps.new_run_id()
     config = config.model_copy(update={"run_id": run_id})
     if config.skip_if_unchanged:
         previous = find_unchanged_run(config)
@@ -81,7 +83,7 @@ def train(config: TrainConfig = TrainConfig()) -> pipeline.RunSummary:
             evaluation = evaluate_model(plan, joined, split, fit)
         summary = commit_run(plan, joined, fit, evaluation)
     except BaseException:
-        pipeline.discard(plan)
+        steps.discard(plan)
         raise
     paths = write_report(plan, fit)
     publish_artifacts(plan, summary, evaluation, paths)
@@ -96,11 +98,11 @@ def main(argv: list[str] | None = None) -> int:
         config = redact.protect_config(config_from_args(args))  # the flow and Prefect see only redacted URIs
         destination.check_writable(config.output)  # a wrong --output fails at once, before Prefect or torchrun start
         if config.nproc_per_node is not None or config.nnodes > 1:  # launch the ranks with torchrun
-            from linreg import launch
+            from linreg.launch import torchrun
 
-            return launch.cli(config, sys.argv[1:] if argv is None else list(argv))
+            return torchrun.cli(config, sys.argv[1:] if argv is None else list(argv))
         if config.run_id is None:
-            config = config.model_copy(update={"run_id": pipeline.new_run_id()})
+            config = config.model_copy(update={"run_id": steps.new_run_id()})
         summary = train(config)
         reused = summary.run_id != config.run_id
         return (f"inputs and configuration unchanged since run {summary.run_id}: not retrained "

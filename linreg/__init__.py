@@ -1,6 +1,14 @@
-"""linreg: the library behind the pipeline (schema, Parquet I/O, join, tensors, trainers, metrics, outputs).
+"""linreg: the library behind the pipeline, one subpackage a stage, imports running downward only:
 
-It never imports Prefect; `tasks/` and `flows/` wrap it.
+    launch     whole jobs on several processes (torchrun, each rank's job)
+    pipeline   one run's steps: plan, join, split, fit, evaluate, commit; scoring, report, reuse
+    models     the linear model, the exact solver, the gradient trainers, statistics, the estimator
+    parallel   the collectives and merges the models receive (identities with one process)
+    outputs    the output datasets, their atomic and durable commit, the runs index, retention
+    inputs     reading, checking and joining the weather and yield tables
+    config, errors, redact   the one configuration, the error types, credentials kept out of records
+
+It never imports Prefect; `tasks/` and `flows/` wrap it. docs/design.md draws the layout.
 """
 
 __version__ = "0.1.0"

@@ -11,7 +11,7 @@ The run itself still needs the real URIs. `protect(uri)` returns the redacted UR
 one in the environment variable LINREG_SECRET_URIS (JSON, redacted -> real), which torchrun's ranks and
 other children inherit: never their command line, which `ps` shows to every user of the machine.
 `reveal(uri)` gives the real URI back (also for a path under it) where a filesystem or client is made from
-one (`linreg.io.open_table`, `linreg.outputs.resolve`, the S3 commit lock, the output check). So the entry
+one (`linreg.inputs.tables.open_table`, `linreg.outputs.commit.resolve`, the S3 commit lock, the output check). So the entry
 points (the command lines, the flows, a rank's main) protect the configuration once, and everything after
 them, Prefect included, sees only redacted URIs. `install_log_redaction` is the safety net behind that:
 every log record's text goes through `redact`, as Spark redacts its logs.

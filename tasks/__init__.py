@@ -1,4 +1,4 @@
-"""Thin Prefect tasks, one per pipeline step; each calls one function of `linreg.pipeline`."""
+"""Thin Prefect tasks, one per pipeline step; each calls one function of `linreg.pipeline.steps`."""
 
 import logging
 import os

@@ -7,7 +7,7 @@ import time
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from linreg import scoring
+from linreg.pipeline import scoring
 from tasks.retry import STORAGE_RETRIES, log_step
 
 

@@ -1,12 +1,12 @@
 """A tiny committer for the kill and concurrency tests (tests/test_reliability_commit.py): stages four small
-datasets for one run id and commits them with linreg.outputs.Staging, without importing torch.
+datasets for one run id and commits them with linreg.outputs.commit.Staging, without importing torch.
 
     python -m tests.reliability_committer --output OUT --run-id ID --writer W --rows N
         [--parts P] [--kill-at K] [--ready-dir DIR --wait-for N] [--recover-only]
 
 Every file records `linreg.writer` (W) and `linreg.rows` (the rows of its dataset's partition, all parts
 together), so a test can check that a visible partition is whole and from one writer. --kill-at K: the
-process SIGKILLs itself before the K-th file operation of the commit (outputs.before_file_operation).
+process SIGKILLs itself before the K-th file operation of the commit (commit.before_file_operation).
 --ready-dir/--wait-for: after staging, touch DIR/W and wait until N writers are ready (a race start line).
 Exit codes: 0 committed, 3 RunConflictError (its message on stderr), 1 anything else.
 """
@@ -35,7 +35,7 @@ if __name__ == "__main__":  # only in the subprocess: a test importing this modu
 
 import pyarrow as pa  # noqa: E402
 
-from linreg import outputs  # noqa: E402
+from linreg.outputs import commit  # noqa: E402
 from linreg.errors import RunConflictError  # noqa: E402
 
 
@@ -48,7 +48,7 @@ def kill_at(k: int) -> None:
         if count["n"] == k:
             os.kill(os.getpid(), signal.SIGKILL)
 
-    outputs.before_file_operation = maybe_kill
+    commit.before_file_operation = maybe_kill
     return count
 
 
@@ -75,12 +75,12 @@ def main(argv=None) -> int:
 
     counter = kill_at(args.kill_at) if args.kill_at or args.count_ops else None
     if args.recover_only:
-        outputs.recover(args.output)
+        commit.recover(args.output)
         return 0
-    saved = outputs.before_file_operation
-    outputs.before_file_operation = lambda: None  # kill points count the commit's operations only
-    outputs.recover(args.output)
-    staging = outputs.Staging.create(args.output, args.run_id)
+    saved = commit.before_file_operation
+    commit.before_file_operation = lambda: None  # kill points count the commit's operations only
+    commit.recover(args.output)
+    staging = commit.Staging.create(args.output, args.run_id)
     try:
         for dataset, table in tables(args.run_id, args.writer, args.rows).items():
             metadata = {b"linreg.writer": args.writer.encode(), b"linreg.rows": str(table.num_rows).encode()}
@@ -88,13 +88,13 @@ def main(argv=None) -> int:
             bounds = [table.num_rows * p // parts for p in range(parts + 1)]
             for part in range(parts):
                 path = staging.file(dataset, part)
-                outputs.write_table(path, table.slice(bounds[part], bounds[part + 1] - bounds[part]), metadata)
+                commit.write_table(path, table.slice(bounds[part], bounds[part + 1] - bounds[part]), metadata)
         if args.ready_dir:
             open(os.path.join(args.ready_dir, args.writer), "w").close()
             deadline = time.monotonic() + 60
             while len(os.listdir(args.ready_dir)) < args.wait_for and time.monotonic() < deadline:
                 time.sleep(0.01)
-        outputs.before_file_operation = saved
+        commit.before_file_operation = saved
         staging.commit()
     except RunConflictError as exc:
         staging.discard()

@@ -11,7 +11,7 @@ Reads one JSON request per line on stdin: {"argv": [...], "log": PATH, "kill_at_
 The child writes its stdout and stderr to PATH and SIGKILLs itself
 - kill_at_step K: before the K-th optimizer step of training (torch.optim.SGD.step, which the nn trainer takes
   once per mini-batch), that is mid-training;
-- kill_at_op K: before the K-th file operation of the run's commit (outputs.before_file_operation, counted
+- kill_at_op K: before the K-th file operation of the run's commit (commit.before_file_operation, counted
   inside Staging.commit only, as tests/reliability_committer.py does), that is mid-commit.
 Replies on stdout: "ready" once warm; per request "started <pid>", later "exited <pid> <returncode>"
 (-9 for SIGKILL). On end of input it kills any child still running and exits.
@@ -34,7 +34,7 @@ import torch._dynamo  # noqa: E402,F401  (imported by the optimizer's first step
 import torch.optim  # noqa: E402
 
 import flows.train  # noqa: E402
-from linreg import outputs  # noqa: E402
+from linreg.outputs import commit  # noqa: E402
 
 
 def _kill_self() -> None:
@@ -60,7 +60,7 @@ def kill_at_step(k: int) -> None:
 def kill_at_op(k: int) -> None:
     """Make the k-th file operation of the commit (counted from 1) a SIGKILL of this process; the file
     operations of the run's first step (recovery of earlier commits) do not count."""
-    original_commit, count, counting = outputs.Staging.commit, [0], [False]
+    original_commit, count, counting = commit.Staging.commit, [0], [False]
 
     def before_file_operation():
         if counting[0]:
@@ -69,15 +69,15 @@ def kill_at_op(k: int) -> None:
                 print(f"[runner] SIGKILL before file operation {k} of the commit", flush=True)
                 _kill_self()
 
-    def commit(self, *args, **kwargs):
+    def counted_commit(self, *args, **kwargs):
         counting[0] = True
         try:
             return original_commit(self, *args, **kwargs)
         finally:
             counting[0] = False
 
-    outputs.before_file_operation = before_file_operation
-    outputs.Staging.commit = commit
+    commit.before_file_operation = before_file_operation
+    commit.Staging.commit = counted_commit
 
 
 def child(request: dict) -> int:

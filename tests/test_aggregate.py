@@ -5,11 +5,11 @@ import json
 import numpy as np
 import pytest
 
-from linreg import pipeline
+from linreg.pipeline import steps
 from linreg.config import make_config
 from linreg.errors import InputError
-from linreg.join import parse_aggregate
-from linreg.synth import generate
+from linreg.inputs.join import parse_aggregate
+from datagen.synth import generate
 from tests.helpers import write
 
 
@@ -23,12 +23,12 @@ def daily(tmp_path_factory):
 def test_daily_weather_without_aggregate_is_a_duplicate_key_error(daily, tmp_path):
     out, _ = daily
     with pytest.raises(InputError, match=r"weather table .* duplicated key\(s\) .* appears 7 times.*--aggregate mean"):
-        pipeline.run(make_config(weather=str(out / "weather"), yields=str(out / "yields"), output=str(tmp_path)))
+        steps.run(make_config(weather=str(out / "weather"), yields=str(out / "yields"), output=str(tmp_path)))
 
 
 def test_mean_aggregate_recovers_the_ground_truth_of_yearly_means(daily, tmp_path):
     out, truth = daily
-    summary = pipeline.run(make_config(weather=str(out / "weather"), yields=str(out / "yields"),
+    summary = steps.run(make_config(weather=str(out / "weather"), yields=str(out / "yields"),
                                        output=str(tmp_path), aggregate="mean", holdout_fraction=0.0))
     assert summary.joined.weather_rows == 3000 * 7
     assert summary.joined.joined_rows == 3000 and summary.joined.weather_dropped == 0
@@ -44,7 +44,7 @@ def test_per_feature_aggregates_match_a_pandas_groupby(tmp_path):
     maxes = {"a": 6.0, "b": 3.0, "c": 5.0, "d": 9.0}
     apples = {r: 2 * maxes[r] - 0.5 * sums[r] + 1 for r in "abcd"}
     y = write(tmp_path / "y.parquet", region=list("abcd"), year=[1] * 4, apples=[apples[r] for r in "abcd"])
-    summary = pipeline.run(make_config(weather=w, yields=y, output=str(tmp_path / "o"), features=["temp", "rainfall"],
+    summary = steps.run(make_config(weather=w, yields=y, output=str(tmp_path / "o"), features=["temp", "rainfall"],
                                        targets=["apples"], aggregate="temp:max,rainfall:sum", holdout_fraction=0.0))
     assert summary.weights["apples"] == pytest.approx({"temp": 2.0, "rainfall": -0.5, "intercept": 1.0}, abs=1e-9)
 

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from linreg.background import read_ahead
+from linreg.pipeline.background import read_ahead
 
 
 def test_read_ahead_keeps_order_and_stays_at_most_depth_ahead():

@@ -8,7 +8,7 @@ folder changes present or absent, alone or together), and each tree is checked a
 - earlier runs byte-identical; every partition a reader sees (`<dataset>/<key>=<id>/`) whole: byte-equal to
   the version before the commit or the one after; the runs index lists a run only when every dataset holds it
   whole, from the same version; a snapshot is the previous one or the new one, never torn or missing;
-- the next run repairs: `outputs.recover` (what every run does first) keeps all of that, and recovering once
+- the next run repairs: `commit.recover` (what every run does first) keeps all of that, and recovering once
   the crashed run's lease is stale leaves no staging area, every dataset holding exactly the indexed runs,
   a replaced run never lost; a new commit into that root then succeeds;
 - once the commit is decided (its journal durable), and after the recorded process returned, recovery
@@ -176,7 +176,7 @@ class CommitChecker:
     def check(self, state: dict, final: bool) -> list[str]:
         """Every problem of one crash state: as left, after the next run's recover(), after recovery of stale
         staging, and after a further commit into it."""
-        from linreg import outputs
+        from linreg.outputs import commit
 
         c = self.c
         problems = [f"as left: {p}" for p in published_problems(state, c)]
@@ -186,9 +186,9 @@ class CommitChecker:
             os.makedirs(root)
             cm.write_tree(root, state)
             try:
-                outputs.recover(root)
+                commit.recover(root)
                 problems += [f"after recover(): {p}" for p in published_problems(cm.tree(root), c)]
-                outputs.recover(root, stale_after=dt.timedelta(0))
+                commit.recover(root, stale_after=dt.timedelta(0))
             except Exception as exc:  # noqa: BLE001 - any exception of recovery is the finding
                 return problems + [f"recover() raised {type(exc).__name__}: {exc}"]
             after = cm.tree(root)
@@ -223,17 +223,18 @@ def torn_journals(state: dict) -> list[str]:
 def further_commit(root: str, c: Commit) -> list[str]:
     """A new run ('aftercrash', the recorded run's tables under another id) commits into the recovered root
     and reads back whole."""
-    from linreg import outputs, runindex
+    from linreg.outputs import commit
+    from linreg.outputs import runindex
 
     try:
-        staging = outputs.Staging.create(root, "aftercrash")
+        staging = commit.Staging.create(root, "aftercrash")
         for d in DATASETS:
             (name, data), = c.new[d].items()
             table = pq.read_table(pa.BufferReader(data))
             if "run_id" in table.column_names:
                 table = table.set_column(table.column_names.index("run_id"), "run_id",
                                          pa.array(["aftercrash"] * table.num_rows))
-            outputs.write_table(staging.file(d), table, table.schema.metadata or {})
+            commit.write_table(staging.file(d), table, table.schema.metadata or {})
         staging.commit()
         if "aftercrash" not in {r["run_id"] for r in runindex.read_runs(root)}:
             return ["a further commit is not listed"]
@@ -298,11 +299,11 @@ import logging, sys
 sys.path.insert(0, ".")
 logging.disable(logging.WARNING)
 import torch
-from linreg import prune
+from linreg.outputs import retention
 from linreg.config import TrainConfig
-from linreg.pipeline import run
-from linreg.scoring import ScoreConfig, score
-from linreg.snapshot import Snapshots
+from linreg.pipeline.steps import run
+from linreg.pipeline.scoring import ScoreConfig, score
+from linreg.outputs.snapshot import Snapshots
 
 ROOT, WEATHER, YIELDS = {root!r}, {weather!r}, {yields!r}
 
@@ -326,7 +327,7 @@ train(2)
 mark("score")
 score(ScoreConfig(model=ROOT, weather=WEATHER, score_run_id="s1"))
 mark("prune")
-prune.prune(ROOT, keep_last=1)
+retention.prune(ROOT, keep_last=1)
 mark("snapshot-first")
 save(1)
 mark("snapshot")
@@ -340,14 +341,14 @@ def recorded(tmp_path_factory):
     training run committing 'nightly', the same again (replacing it), a scoring run ('s1'), a prune that keeps
     the last run (so 'early' goes), then two snapshot saves (the second is checked). One process, so the
     imports are paid once; each segment starts from the tree the previous one left."""
-    from linreg import pipeline
+    from linreg.pipeline import steps
     from linreg.config import make_config
 
     assert shutil.which("strace"), "strace is required by the crash-consistency tests (CI installs it: .ci/run)"
     root = str(tmp_path_factory.mktemp("crash") / "out")
     logging.disable(logging.WARNING)
     try:
-        pipeline.run(make_config(weather=str(SAMPLE / "weather.parquet"), yields=str(SAMPLE / "yields.parquet"),
+        steps.run(make_config(weather=str(SAMPLE / "weather.parquet"), yields=str(SAMPLE / "yields.parquet"),
                                  output=root, run_id="early", trainer="exact"))
     finally:
         logging.disable(logging.NOTSET)
@@ -476,7 +477,7 @@ class PruneChecker:
 
     def check(self, state: dict, final: bool) -> list[str]:
         """As left; then after the next prune (which removes what an interrupted one left)."""
-        from linreg import prune
+        from linreg.outputs import retention
 
         problems = [f"as left: {x}" for x in prune_problems(state, self.p)]
         with tempfile.TemporaryDirectory(prefix="crash-state-", dir=SCRATCH) as work:
@@ -485,7 +486,7 @@ class PruneChecker:
             cm.write_tree(root, state)
             logging.disable(logging.WARNING)
             try:
-                prune.prune(root, keep_last=self.p.keep_last)
+                retention.prune(root, keep_last=self.p.keep_last)
             except Exception as exc:  # noqa: BLE001
                 return problems + [f"the next prune raised {type(exc).__name__}: {exc}"]
             finally:

@@ -6,7 +6,7 @@ with inline credentials and no AWS_* credentials in the environment: once with t
 once as the Prefect flow against a Prefect server it starts. Afterwards no byte of the secret (as written,
 URL-decoded, nor the key id) is in any object of the bucket, any file of the local output, any file of the
 Prefect server's home (its database) or the commands' own, anything the runs printed, or the command line
-of any process the two-rank run started. The library tests check the same of `pipeline.run` and
+of any process the two-rank run started. The library tests check the same of `steps.run` and
 `scoring.score` given inline credentials directly, and that a new secret keeps the fingerprint, the
 `--skip-if-unchanged` match and the snapshot identity.
 """
@@ -29,7 +29,14 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from linreg import cache, io, job, pipeline, redact, runindex, scoring, snapshot
+from linreg.pipeline import reuse
+from linreg.inputs import tables
+from linreg.launch import job
+from linreg.pipeline import steps
+from linreg import redact
+from linreg.outputs import runindex
+from linreg.pipeline import scoring
+from linreg.outputs import snapshot
 from linreg.config import make_config
 from linreg.errors import InputError
 from tests.conftest import REPO
@@ -134,7 +141,7 @@ def test_a_redacted_uri_without_its_real_one_is_an_input_error():
     with pytest.raises(InputError, match=r"'s3://\*\*\*@bucket/p' carries a redacted credential"):
         redact.reveal("s3://***@bucket/p")
     with pytest.raises(InputError, match="redacted credential"):
-        io.open_table("s3://***@bucket/weather", "weather")
+        tables.open_table("s3://***@bucket/weather", "weather")
 
 
 def test_log_records_are_redacted_when_created(caplog):
@@ -197,7 +204,7 @@ def test_library_runs_hide_the_secret_and_a_new_secret_keeps_fingerprint_and_ski
                            output=s3_uri(s3_bucket, "out", s3_server, secret=secret), run_id=run_id)
 
     first = config(SECRET, "first")
-    summary = pipeline.run(first)
+    summary = steps.run(first)
     objects = _read_all_objects(s3_bucket, s3_server)
     written = {k: v for k, v in objects.items() if k.startswith("out/")}
     assert any(k.startswith("out/weights/run_id=first/") for k in written)
@@ -216,16 +223,16 @@ def test_library_runs_hide_the_secret_and_a_new_secret_keeps_fingerprint_and_ski
     assert {k: leaks(v) for k, v in objects.items() if k.startswith("out/") and leaks(v)} == {}
 
     other = config("An0ther-s3cret", "second")
-    tables = [io.open_table(other.weather, "weather"), io.open_table(other.yields, "yields")]
-    assert io.fingerprint(tables) == io.fingerprint([io.open_table(first.weather, "weather"),
-                                                     io.open_table(first.yields, "yields")])
+    opened = [tables.open_table(other.weather, "weather"), tables.open_table(other.yields, "yields")]
+    assert tables.fingerprint(opened) == tables.fingerprint([tables.open_table(first.weather, "weather"),
+                                                     tables.open_table(first.yields, "yields")])
     assert snapshot.identity(other, "inputs") == snapshot.identity(first, "inputs")  # snapshots resume too
     row = runindex.read_runs(first.output)[0]
-    assert cache.comparable(other.model_dump(mode="json")) == cache.comparable(json.loads(row["config"]))
+    assert reuse.comparable(other.model_dump(mode="json")) == reuse.comparable(json.loads(row["config"]))
     other = other.model_copy(update={"skip_if_unchanged": True})
-    assert cache.find_unchanged_run(other)["run_id"] == "first"
+    assert reuse.find_unchanged_run(other)["run_id"] == "first"
     changed = other.model_copy(update={"seed": 5})
-    assert cache.find_unchanged_run(changed) is None  # the comparison still sees real changes
+    assert reuse.find_unchanged_run(changed) is None  # the comparison still sees real changes
 
 
 def test_the_plan_handed_to_ranks_holds_no_credential(tmp_path, s3_server, s3_bucket):
@@ -234,7 +241,7 @@ def test_the_plan_handed_to_ranks_holds_no_credential(tmp_path, s3_server, s3_bu
     w, y, _, _ = linear_tables(tmp_path)
     config = redact.protect_config(make_config(weather=w, yields=y, output=s3_uri(s3_bucket, "out", s3_server),
                                                run_id="pickled"))
-    plan = pipeline.plan_run(config)
+    plan = steps.plan_run(config)
     try:
         assert leaks(pickle.dumps(plan))  # what the check guards against: the filesystem object pickles its keys
         path = str(tmp_path / "plan.pkl")
@@ -244,7 +251,7 @@ def test_the_plan_handed_to_ranks_holds_no_credential(tmp_path, s3_server, s3_bu
         assert again.staging.filesystem is not None and again.config.output == config.output
         again.staging.renew_lease()  # the remade filesystem reaches the staging area with the real credentials
     finally:
-        pipeline.discard(plan)
+        steps.discard(plan)
 
 
 # ---------------------------------------------------------------------------------------------------------

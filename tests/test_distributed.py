@@ -24,9 +24,10 @@ import pytest
 import torch
 import torch.distributed as tdist
 
-from linreg import dist, shard
-from linreg.dist import Cluster
-from linreg.fit import TrainOptions, fit
+from linreg.parallel import dist
+from linreg.inputs import shard
+from linreg.parallel.dist import Cluster
+from linreg.models.fit import TrainOptions, fit
 from tests.conftest import REPO
 from tests.helpers import flow_run_logs, write
 
@@ -247,12 +248,12 @@ def read(out, dataset, run_id):
 
 
 def test_launch_with_nproc_per_node_equals_one_process(tmp_path):
-    from linreg import pipeline
+    from linreg.pipeline import steps
     from linreg.config import make_config
 
     w, y = tables(tmp_path, partitioned=True)
     out = str(tmp_path / "out")
-    single = pipeline.run(make_config(weather=w, yields=y, output=str(tmp_path / "single"), run_id="one"))
+    single = steps.run(make_config(weather=w, yields=y, output=str(tmp_path / "single"), run_id="one"))
     result = subprocess.run([sys.executable, "-m", "flows.train", "--weather", w, "--yields", y, "--output", out,
                              "--nproc-per-node", "2", "--run-id", "two"], cwd=REPO, env=env(),
                             capture_output=True, text=True, timeout=300)
@@ -379,7 +380,7 @@ def test_a_stopped_rank_ends_the_launched_job_within_the_timeout(tmp_path):
     stopped (SIGSTOP) mid-training: rank 0 times out in its collective, the launcher kills the stopped rank
     (torchrun alone would wait 30 s more) and names it; nothing is committed, no process and no temporary
     file is left."""
-    from linreg.launch import SHUTDOWN_SECONDS
+    from linreg.launch.torchrun import SHUTDOWN_SECONDS
 
     timeout = 5
     w, y = tables(tmp_path)
@@ -433,7 +434,7 @@ def test_a_stopped_rank_ends_the_launched_job_within_the_timeout(tmp_path):
 def test_the_launcher_names_a_hung_rank_and_not_an_outside_kill(tmp_path):
     """failure() from torchrun's report: a rank the launcher had to kill after SIGTERM is the hung one (the
     timeout of the rank that waited for it is the reason); a rank killed from outside stays the root cause."""
-    from linreg import launch
+    from linreg.launch import torchrun
 
     report = ["W1123 ... Sending process 4271 closing signal SIGTERM", "flows.train FAILED", "Failures:", "[1]:",
               "  rank      : 1 (local_rank: 1)", "  exitcode  : -9 (pid: 4271)", "Root Cause (first observed failure):",
@@ -442,18 +443,18 @@ def test_the_launcher_names_a_hung_rank_and_not_an_outside_kill(tmp_path):
         "rank": 0, "type": "RuntimeError", "input_error": False, "time": 1.0,
         "message": "[/__w/pytorch/third_party/gloo/gloo/transport/tcp/unbound_buffer.cc:78] Timed out waiting 7000ms "
                    "for recv operation to complete"}))
-    hung = str(launch.failure(1, str(tmp_path), report, timeout=7, killed={4271: "stopped"}))
+    hung = str(torchrun.failure(1, str(tmp_path), report, timeout=7, killed={4271: "stopped"}))
     assert hung.startswith("rank 1 (stopped, as by SIGSTOP) hung: rank 0 gave up waiting for it after "
                            "--dist-timeout-seconds=7 (RuntimeError: Timed out waiting 7000ms"), hung
     assert "unbound_buffer.cc" not in hung and hung.endswith("nothing was committed")
     # torchrun's own forced kill (after its grace) names the rank the same way, without a state
     torchrun_killed = report + ["W1123 ... Unable to shutdown process 4271 via 15, forcefully exiting via 9"]
-    assert str(launch.failure(1, str(tmp_path), torchrun_killed, timeout=7)).startswith("rank 1 (not answering) hung")
+    assert str(torchrun.failure(1, str(tmp_path), torchrun_killed, timeout=7)).startswith("rank 1 (not answering) hung")
     # the same report without a forced kill: rank 1 died from outside (OOM killer), that is the root cause
-    outside = str(launch.failure(1, str(tmp_path), report, timeout=7))
+    outside = str(torchrun.failure(1, str(tmp_path), report, timeout=7))
     assert outside.startswith("rank 1 was killed by signal SIGKILL (out of memory"), outside
     # no rank killed at all: the timed-out rank's error, with what the timeout means
-    alone = str(launch.failure(1, str(tmp_path), report[1:5] + report[6:], timeout=7))
+    alone = str(torchrun.failure(1, str(tmp_path), report[1:5] + report[6:], timeout=7))
     assert alone.startswith("rank 0 failed: RuntimeError: Timed out") and "did not answer within " \
         "--dist-timeout-seconds=7" in alone, alone
 

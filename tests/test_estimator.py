@@ -7,10 +7,10 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from linreg import pipeline
+from linreg.pipeline import steps
 from linreg.config import make_config
 from linreg.errors import InputError
-from linreg.estimator import LinearRegression
+from linreg.models.estimator import LinearRegression
 from tests.helpers import SEED_X, SEED_Y, linear_tables
 
 
@@ -88,8 +88,8 @@ def test_bad_inputs_and_unfitted_use_fail_clearly():
 def test_from_run_loads_the_committed_weights(tmp_path):
     w, y, _, _ = linear_tables(tmp_path)
     out = str(tmp_path / "out")
-    first = pipeline.run(make_config(weather=w, yields=y, output=out, run_id="first"))
-    second = pipeline.run(make_config(weather=w, yields=y, output=out, run_id="second", holdout_fraction=0.5))
+    first = steps.run(make_config(weather=w, yields=y, output=out, run_id="first"))
+    second = steps.run(make_config(weather=w, yields=y, output=out, run_id="second", holdout_fraction=0.5))
     newest = LinearRegression.from_run(out)
     chosen = LinearRegression.from_run(f"{out}/weights/run_id=first")
     assert newest.run_id_ == "second" and chosen.run_id_ == "first"

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from linreg.errors import InputError
-from linreg.exact import ExactAccumulator
+from linreg.models.exact import ExactAccumulator
 
 
 def exact_lstsq(X, Y, sample_weight=None, fit_intercept=True):

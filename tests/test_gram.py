@@ -6,8 +6,8 @@ import logging
 import numpy as np
 import pytest
 
-from linreg.exact import GRAM_MAX_CONDITION, ExactAccumulator, GramAccumulator
-from linreg.fit import fit
+from linreg.models.exact import GRAM_MAX_CONDITION, ExactAccumulator, GramAccumulator
+from linreg.models.fit import fit
 from tests.test_exact import exact_lstsq, params, polynomial_problem, rel_err
 
 
@@ -69,7 +69,7 @@ def test_ill_conditioned_design_is_refused_and_fit_makes_a_qr_pass(degree, caplo
         passes.append(1)
         return ((X[i:i + 50], Y[i:i + 50]) for i in range(0, len(X), 50))
 
-    with caplog.at_level(logging.INFO, logger="linreg.fit"):
+    with caplog.at_level(logging.INFO, logger="linreg.models.fit"):
         two_pass = fit(batches, trainer="exact", features=[f"x{j}" for j in range(degree)], targets=["y"])
     assert len(passes) == 2 and "QR" in caplog.text
     one_pass = fit(batches(), trainer="exact", features=[f"x{j}" for j in range(degree)], targets=["y"])

@@ -13,12 +13,12 @@ import scipy.special
 import scipy.stats
 import statsmodels.api as sm
 
-from linreg import pipeline
+from linreg.pipeline import steps
 from linreg.config import make_config
 from linreg.errors import InputError
-from linreg.exact import ExactAccumulator, SingularDesignWarning
-from linreg.fit import TrainOptions, fit
-from linreg.inference import betainc, statistics, t_quantile, t_sf, t_two_sided_p
+from linreg.models.exact import ExactAccumulator, SingularDesignWarning
+from linreg.models.fit import TrainOptions, fit
+from linreg.models.statistics import betainc, statistics, t_quantile, t_sf, t_two_sided_p
 from tests.helpers import linear_tables
 
 # ---------------------------------------------------------------- the t distribution without SciPy
@@ -365,7 +365,7 @@ def test_integer_weights_reach_the_repeated_rows_optimum(trainer):
 
 
 def test_weighted_standardization_moments():
-    from linreg.standardize import Moments
+    from linreg.models.standardize import Moments
 
     rng = np.random.default_rng(42)
     rows, w = rng.normal(size=(500, 3)) * [1, 5, 0.1] + [2, -3, 7], rng.uniform(0, 2, 500)
@@ -410,8 +410,8 @@ def test_outputs_carry_statistics_with_documented_types(tmp_path):
     counts = np.random.default_rng(50).integers(1, 4, 120).astype(np.int64)
     w, y = weighted_tables(tmp_path, counts)
     out = tmp_path / "out"
-    pipeline.run(make_config(weather=w, yields=y, output=str(out), run_id="weighted", weight_column="wt"))
-    pipeline.run(make_config(weather=w, yields=y, output=str(out), run_id="ridge", l2=0.1, trainer="manual"))
+    steps.run(make_config(weather=w, yields=y, output=str(out), run_id="weighted", weight_column="wt"))
+    steps.run(make_config(weather=w, yields=y, output=str(out), run_id="ridge", l2=0.1, trainer="manual"))
     con = duckdb.connect()
     rel = con.sql(f"SELECT * FROM read_parquet('{out}/weights/*/*.parquet', hive_partitioning=true)")
     types = dict(zip(rel.columns, map(str, rel.types)))
@@ -451,7 +451,7 @@ def test_outputs_carry_statistics_with_documented_types(tmp_path):
 def test_no_intercept_training_r2_is_uncentred(tmp_path):
     w, y, _, _ = linear_tables(tmp_path, rows=100, regions=10)
     out = tmp_path / "out"
-    pipeline.run(make_config(weather=w, yields=y, output=str(out), run_id="origin", fit_intercept=False))
+    steps.run(make_config(weather=w, yields=y, output=str(out), run_id="origin", fit_intercept=False))
     con = duckdb.connect()
     preds = con.sql(f"SELECT apples, apples_pred FROM read_parquet('{out}/predictions/*/*.parquet') "
                     "WHERE split = 'train'").fetchnumpy()
@@ -471,15 +471,15 @@ def test_bad_weights_are_clear_errors(tmp_path, bad, message):
     weights[17] = bad
     w, y = weighted_tables(tmp_path, pa.array(weights, pa.float64()))
     with pytest.raises(InputError, match=message):
-        pipeline.run(make_config(weather=w, yields=y, output=str(tmp_path / "out"), weight_column="wt"))
+        steps.run(make_config(weather=w, yields=y, output=str(tmp_path / "out"), weight_column="wt"))
     assert not (tmp_path / "out" / "weights").exists()
 
 
 def test_all_zero_weights_and_missing_weight_column_are_clear_errors(tmp_path):
     w, y = weighted_tables(tmp_path, np.zeros(120))
     with pytest.raises(InputError, match=r"every value of the weight column 'wt' is 0"):
-        pipeline.run(make_config(weather=w, yields=y, output=str(tmp_path / "out"), weight_column="wt"))
+        steps.run(make_config(weather=w, yields=y, output=str(tmp_path / "out"), weight_column="wt"))
     with pytest.raises(InputError, match=r"has no column 'mass'"):
-        pipeline.run(make_config(weather=w, yields=y, output=str(tmp_path / "out"), weight_column="mass"))
+        steps.run(make_config(weather=w, yields=y, output=str(tmp_path / "out"), weight_column="mass"))
     with pytest.raises(InputError, match=r"'apples' is both a target and a weight column"):
         make_config(weather=w, yields=y, weight_column="apples")

@@ -9,14 +9,14 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from linreg import pipeline
+from linreg.pipeline import steps
 from linreg.config import make_config
-from linreg.schema import SCHEMA_VERSION
+from linreg.inputs.schema import SCHEMA_VERSION
 from tests.helpers import linear_tables, write
 
 
 def train(tmp_path, weather, yields, **options):
-    return pipeline.run(make_config(weather=weather, yields=yields, output=str(tmp_path / "out"), **options))
+    return steps.run(make_config(weather=weather, yields=yields, output=str(tmp_path / "out"), **options))
 
 
 def test_directory_of_files_equals_single_files(tmp_path):

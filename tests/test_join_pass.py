@@ -8,14 +8,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from linreg import pipeline
+from linreg.pipeline import steps
 from linreg.config import make_config
 from linreg.errors import InputError
-from linreg.io import open_table
-from linreg.buckets import MAX_BUCKETS, FixedBatches, bucket_count, bucket_cuts
-from linreg.join import connect, duplicate_hashes, join_tables
-from linreg.metrics import RegionErrors
-from linreg.schema import resolve_columns
+from linreg.inputs.tables import open_table
+from linreg.inputs.buckets import MAX_BUCKETS, FixedBatches, bucket_count, bucket_cuts
+from linreg.inputs.join import connect, duplicate_hashes, join_tables
+from linreg.pipeline.metrics import RegionErrors
+from linreg.inputs.schema import resolve_columns
 from tests.helpers import linear_tables, write
 
 
@@ -44,13 +44,13 @@ def test_a_bad_value_in_a_row_without_a_match_is_not_read(tmp_path):
               temp=list(rng.normal(70, 5, 12)) + [float("nan")], rainfall=list(rng.normal(90, 9, 13)))
     y = write(tmp_path / "y.parquet", region=regions, year=[2020] * 12, apples=list(rng.normal(80, 10, 12)))
     roles = dict(features=["temp", "rainfall"], targets=["apples"], holdout_regions=["R0"])
-    summary = pipeline.run(make_config(weather=w, yields=y, output=str(tmp_path / "out"), run_id="r", **roles))
+    summary = steps.run(make_config(weather=w, yields=y, output=str(tmp_path / "out"), run_id="r", **roles))
     assert summary.joined.weather_dropped == 1 and summary.joined.joined_rows == 12
     # the same NaN in a row that joins is an error naming the file and key
     y2 = write(tmp_path / "y2.parquet", region=regions + ["extra"], year=[2020] * 13,
                apples=list(rng.normal(80, 10, 13)))
     with pytest.raises(InputError, match=r"column 'temp' has 1 null, NaN or infinite value.*w\.parquet.*extra"):
-        pipeline.run(make_config(weather=w, yields=y2, output=str(tmp_path / "out"), run_id="s", **roles))
+        steps.run(make_config(weather=w, yields=y2, output=str(tmp_path / "out"), run_id="s", **roles))
 
 
 @pytest.mark.parametrize("weighted", [False, True])
@@ -66,7 +66,7 @@ def test_region_metrics_equal_a_pandas_group_by_of_the_predictions(tmp_path, wei
             weights = np.where(np.asarray(t["region"]) == "R003", 0.0, 1.0)
             pq.write_table(t.append_column("w", [weights]), f"{y}/{part}.parquet")
     out = tmp_path / "out"
-    pipeline.run(make_config(weather=w, yields=y, output=str(out), run_id="r", holdout_from_year=2012,
+    steps.run(make_config(weather=w, yields=y, output=str(out), run_id="r", holdout_from_year=2012,
                              weight_column="w" if weighted else None))
     pred = pd.read_parquet(out / "predictions")
     metrics = pd.read_parquet(out / "metrics")
@@ -104,7 +104,7 @@ def test_region_errors_of_integer_regions_are_named_as_text_and_sorted_by_name()
 
 
 def test_background_writer_writes_in_order_and_raises_a_failed_write():
-    from linreg.pipeline import BackgroundWriter
+    from linreg.pipeline.steps import BackgroundWriter
 
     class Writer:
         def __init__(self, fail_at=None):
@@ -212,16 +212,16 @@ def test_a_duplicate_key_is_named_when_joined_bucket_by_bucket(tmp_path):
 def test_a_run_joined_bucket_by_bucket_equals_a_run_joined_at_once(tmp_path, monkeypatch, caplog):
     """The whole pipeline, nn trainer (rows in the joined file's order, cut into the same record batches):
     the same weights and statistics, bit for bit."""
-    from linreg import join
+    from linreg.inputs import join
 
-    caplog.set_level("INFO", logger="linreg.join")
+    caplog.set_level("INFO", logger="linreg.inputs.join")
     w, y, _, _ = linear_tables(tmp_path, rows=600, regions=30)
     monkeypatch.setattr(join, "JOINED_BATCH_ROWS", 64)  # buckets end inside batches
     weights = {}
     for buckets in (1, 4):
         monkeypatch.setattr(join, "bucket_count", lambda *args, n=buckets: n)
         out = tmp_path / f"out{buckets}"
-        pipeline.run(make_config(weather=w, yields=y, output=str(out), run_id="r", trainer="nn", epochs=3, seed=5))
+        steps.run(make_config(weather=w, yields=y, output=str(out), run_id="r", trainer="nn", epochs=3, seed=5))
         weights[buckets] = pq.read_table(out / "weights" / "run_id=r").to_pydict()
     assert weights[1] == weights[4]
     assert any("partitioned into 4 buckets of regions" in r.getMessage() for r in caplog.records)
@@ -256,7 +256,7 @@ def test_a_bad_value_in_a_second_key_column_names_the_file(tmp_path, table, faul
               apples=rng.normal(size=8))
     message = r"null value" if fault == "null" else r"longer than"
     with pytest.raises(InputError, match=rf"{table} table.*'field'.*{message}|{table} table.*{message}.*'field'"):
-        pipeline.run(make_config(weather=w, yields=y, output=str(tmp_path / "out"), run_id="r",
+        steps.run(make_config(weather=w, yields=y, output=str(tmp_path / "out"), run_id="r",
                                  join_keys=["region", "field"], features=["temp", "rainfall"], targets=["apples"],
                                  holdout_fraction=0.0))
     assert not (tmp_path / "out" / "runs").exists()

@@ -6,15 +6,15 @@ import sys
 
 import pytest
 
-from linreg.synth import generate
+from datagen.synth import generate
 from tests.conftest import REPO
 
 CHILD = """
 import json, sys
-from linreg import pipeline
+from linreg.pipeline import steps
 from linreg.config import make_config
 data, out = sys.argv[1:3]
-pipeline.run(make_config(weather=data + "/weather", yields=data + "/yields", output=out, trainer="exact",
+steps.run(make_config(weather=data + "/weather", yields=data + "/yields", output=out, trainer="exact",
                          memory_budget="256MB", run_id="rss"))
 # VmHWM, not ru_maxrss: a child inherits ru_maxrss from the (large) pytest process that started it
 peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))

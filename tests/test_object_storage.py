@@ -11,7 +11,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from linreg import outputs, pipeline
+from linreg.outputs import commit
+from linreg.pipeline import steps
 from linreg.config import make_config
 from tests.helpers import linear_tables
 
@@ -28,11 +29,11 @@ def upload(local_dir, uri):
 
 def snapshot(output: str) -> dict:
     """Every committed file under the output root (staging excluded): path -> sha256."""
-    fs, root, _ = outputs.resolve(output)
+    fs, root, _ = commit.resolve(output)
     files = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
     result = {}
     for info in files:
-        if info.type == pafs.FileType.File and f"/{outputs.STAGING}/" not in info.path:
+        if info.type == pafs.FileType.File and f"/{commit.STAGING}/" not in info.path:
             with fs.open_input_stream(info.path) as f:
                 result[info.path[len(root):]] = hashlib.sha256(f.read()).hexdigest()
     return result
@@ -40,14 +41,14 @@ def snapshot(output: str) -> dict:
 
 def committed_state(output: str) -> dict:
     """dataset -> run ids visible to a reader that globs it; every visible partition must read whole."""
-    fs, root, _ = outputs.resolve(output)
+    fs, root, _ = commit.resolve(output)
     state = {}
-    for dataset in outputs.DATASETS:
+    for dataset in commit.DATASETS:
         infos = fs.get_file_info(pafs.FileSelector(f"{root}/{dataset}", allow_not_found=True))
         runs = set()
         for info in infos:
             files = fs.get_file_info(pafs.FileSelector(info.path))
-            assert [f.base_name for f in files] == [outputs.PART_FILE], files  # whole or absent
+            assert [f.base_name for f in files] == [commit.PART_FILE], files  # whole or absent
             pq.read_table(files[0].path, filesystem=fs)  # readable
             runs.add(info.base_name.split("=", 1)[1])
         state[dataset] = runs
@@ -56,11 +57,11 @@ def committed_state(output: str) -> dict:
 
 def assert_listed_runs_are_one_version(output, state):
     """Every run in the runs index is whole in every dataset, and all its partitions come from one writer."""
-    fs, root, _ = outputs.resolve(output)
+    fs, root, _ = commit.resolve(output)
     for listed in state["runs"]:
-        assert all(listed in state[d] for d in outputs.DATASETS), state
-        writers = {pq.read_schema(f"{outputs.partition(root, d, listed)}/{outputs.PART_FILE}", filesystem=fs)
-                   .metadata[b"linreg.config"] for d in outputs.DATASETS}
+        assert all(listed in state[d] for d in commit.DATASETS), state
+        writers = {pq.read_schema(f"{commit.partition(root, d, listed)}/{commit.PART_FILE}", filesystem=fs)
+                   .metadata[b"linreg.config"] for d in commit.DATASETS}
         assert len(writers) == 1, (listed, writers)
 
 
@@ -69,8 +70,8 @@ def test_run_reads_and_writes_object_storage(tmp_path, s3_bucket):
     weather = upload(w, f"s3://{s3_bucket}/in/weather")
     yields = upload(y, f"s3://{s3_bucket}/in/yields")
     output = f"s3://{s3_bucket}/out"
-    remote = pipeline.run(make_config(weather=weather, yields=yields, output=output, run_id="s3run", trainer="exact"))
-    local = pipeline.run(make_config(weather=w, yields=y, output=str(tmp_path / "out"), run_id="s3run"))
+    remote = steps.run(make_config(weather=weather, yields=yields, output=output, run_id="s3run", trainer="exact"))
+    local = steps.run(make_config(weather=w, yields=y, output=str(tmp_path / "out"), run_id="s3run"))
     assert remote.output["weights"] == f"s3://{s3_bucket}/out/weights/run_id=s3run"
     for target in local.weights:
         assert remote.weights[target] == pytest.approx(local.weights[target], rel=1e-12)
@@ -83,22 +84,22 @@ def test_run_reads_and_writes_object_storage(tmp_path, s3_bucket):
                   "ORDER BY term").fetchall()
     assert dict(got) == pytest.approx(dict(zip(["humidity", "rainfall", "temp"], W[0][[2, 1, 0]])), abs=0.05)
     assert con.sql("SELECT trainer FROM runs").fetchall() == [("exact",)]
-    fs, root, _ = outputs.resolve(output)
-    assert fs.get_file_info(f"{root}/{outputs.STAGING}").type == pafs.FileType.NotFound
+    fs, root, _ = commit.resolve(output)
+    assert fs.get_file_info(f"{root}/{commit.STAGING}").type == pafs.FileType.NotFound
 
 
 def test_inputs_on_object_storage_join_bucket_by_bucket(tmp_path, s3_bucket, monkeypatch):
     """Inputs read through pyarrow's S3 filesystem take the bucketed join too (DuckDB's partitioned COPY
     scans the registered datasets): the same weights as one join of the local copies."""
-    from linreg import join
+    from linreg.inputs import join
 
     w, y, _, _ = linear_tables(tmp_path, files=3)
     weather = upload(w, f"s3://{s3_bucket}/bucketed/weather")
     yields = upload(y, f"s3://{s3_bucket}/bucketed/yields")
-    local = pipeline.run(make_config(weather=w, yields=y, output=str(tmp_path / "one"), run_id="b", trainer="nn",
+    local = steps.run(make_config(weather=w, yields=y, output=str(tmp_path / "one"), run_id="b", trainer="nn",
                                      epochs=3, seed=2))
     monkeypatch.setattr(join, "bucket_count", lambda *args: 3)
-    remote = pipeline.run(make_config(weather=weather, yields=yields, output=str(tmp_path / "three"), run_id="b",
+    remote = steps.run(make_config(weather=weather, yields=yields, output=str(tmp_path / "three"), run_id="b",
                                       trainer="nn", epochs=3, seed=2))
     assert remote.joined.joined_rows == local.joined.joined_rows == 200
     assert remote.weights == local.weights
@@ -112,7 +113,7 @@ def _crash_at(monkeypatch, k):
         if count["n"] == k:
             raise Crash(f"killed before file operation {k}")
 
-    monkeypatch.setattr(outputs, "before_file_operation", maybe_crash)
+    monkeypatch.setattr(commit, "before_file_operation", maybe_crash)
     return count
 
 
@@ -126,7 +127,7 @@ def test_crash_between_any_two_file_operations_of_a_commit(tmp_path, storage, re
         output = str(tmp_path / "out")
 
     def run(run_id, trainer="exact"):
-        return pipeline.run(make_config(weather=w, yields=y, output=output, run_id=run_id, trainer=trainer))
+        return steps.run(make_config(weather=w, yields=y, output=output, run_id=run_id, trainer=trainer))
 
     run("earlier")
     run("replaced")
@@ -149,25 +150,25 @@ def test_crash_between_any_two_file_operations_of_a_commit(tmp_path, storage, re
             _crash_at(monkeypatch, k)
             with pytest.raises(Crash):
                 run(run_id, trainer="nn")
-            monkeypatch.setattr(outputs, "before_file_operation", lambda: None)
+            monkeypatch.setattr(commit, "before_file_operation", lambda: None)
             state = committed_state(output)
             # The runs index lists a run only when every dataset holds it whole.
             for listed in state["runs"]:
-                assert all(listed in state[d] for d in outputs.DATASETS), (k, state)
+                assert all(listed in state[d] for d in commit.DATASETS), (k, state)
             assert_listed_runs_are_one_version(output, state)
             # Runs other than the one committing are byte-identical.
             after = snapshot(output)
             untouched = {p: h for p, h in before.items() if f"run_id={run_id}/" not in p}
             assert {p: h for p, h in after.items() if p in untouched} == untouched
             # The next run (here: its first step) rolls the decided commit forward.
-            outputs.recover(output)
+            commit.recover(output)
             state = committed_state(output)
             assert_listed_runs_are_one_version(output, state)
             # Rolled forward, or the earlier version left whole (a crash before the journal: none for a new id).
             assert run_id in state["runs"] or not was_committed
-            fs, root, _ = outputs.resolve(output)
-            staged = fs.get_file_info(pafs.FileSelector(f"{root}/{outputs.STAGING}", allow_not_found=True))
-            assert all(outputs._read_text(fs, f"{i.path}/{outputs.JOURNAL}") is None for i in staged)
+            fs, root, _ = commit.resolve(output)
+            staged = fs.get_file_info(pafs.FileSelector(f"{root}/{commit.STAGING}", allow_not_found=True))
+            assert all(commit._read_text(fs, f"{i.path}/{commit.JOURNAL}") is None for i in staged)
     assert {p: h for p, h in snapshot(output).items() if "run_id=earlier/" in p} == \
         {p: h for p, h in baseline.items() if "run_id=earlier/" in p}
 
@@ -176,11 +177,11 @@ def test_stale_staging_is_swept_and_live_staging_kept(tmp_path):
     import datetime as dt
 
     output = str(tmp_path / "out")
-    live = outputs.Staging.create(output, "live")
-    dead = outputs.Staging.create(output, "dead")
-    outputs._write_text(dead.filesystem, f"{dead.area}/{outputs.LEASE}",
+    live = commit.Staging.create(output, "live")
+    dead = commit.Staging.create(output, "dead")
+    commit._write_text(dead.filesystem, f"{dead.area}/{commit.LEASE}",
                         (dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=2)).isoformat())
-    done = outputs.recover(output)
+    done = commit.recover(output)
     assert done == [f"swept the stale staging area {dead.name}"]
     assert (tmp_path / "out" / "_staging" / live.name).is_dir()
     assert not (tmp_path / "out" / "_staging" / dead.name).exists()
@@ -189,12 +190,12 @@ def test_stale_staging_is_swept_and_live_staging_kept(tmp_path):
 def test_failed_run_on_object_storage_leaves_nothing(tmp_path, s3_bucket, monkeypatch):
     w, y, _, _ = linear_tables(tmp_path)
     output = f"s3://{s3_bucket}/out"
-    pipeline.run(make_config(weather=w, yields=y, output=output, run_id="good"))
+    steps.run(make_config(weather=w, yields=y, output=output, run_id="good"))
     before = snapshot(output)
-    monkeypatch.setattr(pipeline.metrics, "metric_rows", lambda *a, **k: (_ for _ in ()).throw(OSError("boom")))
+    monkeypatch.setattr(steps.metrics, "metric_rows", lambda *a, **k: (_ for _ in ()).throw(OSError("boom")))
     with pytest.raises(OSError, match="boom"):
-        pipeline.run(make_config(weather=w, yields=y, output=output, run_id="bad"))
+        steps.run(make_config(weather=w, yields=y, output=output, run_id="bad"))
     assert snapshot(output) == before
-    fs, root, _ = outputs.resolve(output)
-    assert fs.get_file_info(f"{root}/{outputs.STAGING}").type == pafs.FileType.NotFound
+    fs, root, _ = commit.resolve(output)
+    assert fs.get_file_info(f"{root}/{commit.STAGING}").type == pafs.FileType.NotFound
     assert np.isfinite(len(before))

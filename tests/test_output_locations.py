@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from linreg import pipeline
+from linreg.pipeline import steps
 from linreg.config import make_config
 from linreg.errors import EXIT_BAD_INPUT, InputError
 from tests.conftest import REPO
@@ -22,7 +22,7 @@ def tree(root: Path) -> dict:
 
 def run_fails(sample_paths, output, *patterns):
     with pytest.raises(InputError) as info:
-        pipeline.run(make_config(**sample_paths, output=str(output), run_id="probe"))
+        steps.run(make_config(**sample_paths, output=str(output), run_id="probe"))
     message = str(info.value)
     for pattern in patterns:
         assert pattern in message, (pattern, message)
@@ -95,6 +95,6 @@ def test_output_in_a_bucket_that_does_not_exist(sample_paths, s3_server):
 
 
 def test_a_good_output_leaves_no_probe_behind(sample_paths, tmp_path):
-    pipeline.run(make_config(**sample_paths, output=str(tmp_path / "new" / "out"), run_id="fine"))
+    steps.run(make_config(**sample_paths, output=str(tmp_path / "new" / "out"), run_id="fine"))
     leftovers = [p for p in tmp_path.rglob("*") if p.name.startswith(".linreg-probe-")]
     assert leftovers == [] and (tmp_path / "new" / "out" / "runs").is_dir()

@@ -1,6 +1,6 @@
 import logging
 
-from linreg.progress import Progress
+from linreg.pipeline.progress import Progress
 
 
 def test_progress_line_reports_rate_and_eta(caplog):

@@ -9,7 +9,10 @@ from pathlib import Path
 import pytest
 
 from flows.prune import main as prune_main
-from linreg import pipeline, prune, report, runindex
+from linreg.pipeline import steps
+from linreg.outputs import retention
+from linreg.pipeline import report
+from linreg.outputs import runindex
 from linreg.config import make_config
 from linreg.errors import InputError
 from tests.conftest import SAMPLE
@@ -26,7 +29,7 @@ def committed(tmp_path_factory):
     """Four committed exact runs on the sample, each with its report."""
     out = str(tmp_path_factory.mktemp("committed") / "out")
     for run_id in IDS:
-        pipeline.run(make_config(weather=str(SAMPLE / "weather.parquet"), yields=str(SAMPLE / "yields.parquet"),
+        steps.run(make_config(weather=str(SAMPLE / "weather.parquet"), yields=str(SAMPLE / "yields.parquet"),
                                  output=out, run_id=run_id))
         report.write_report(out, run_id, trainer="exact")
     return out
@@ -39,12 +42,12 @@ def out(committed, tmp_path):
 
 
 def _present(out, run_id):
-    return {d for d in ("runs",) + prune.DATA if os.path.isdir(f"{out}/{d}/run_id={run_id}")}
+    return {d for d in ("runs",) + retention.DATA if os.path.isdir(f"{out}/{d}/run_id={run_id}")}
 
 
 def test_keep_last_removes_the_oldest_runs_whole_and_leaves_the_rest_byte_for_byte(out):
     kept_before = {k: v for k, v in _snapshot(Path(out)).items() if "r3" in k or "r4" in k}
-    plan = prune.prune(out, keep_last=2)
+    plan = retention.prune(out, keep_last=2)
     assert plan.remove == ["r1", "r2"] and plan.keep == ["r3", "r4"]
     assert [r["run_id"] for r in runindex.read_runs(out)] == ["r3", "r4"]
     assert _present(out, "r1") == _present(out, "r2") == set()
@@ -64,13 +67,13 @@ def test_dry_run_lists_and_removes_nothing(out, capsys):
 def test_older_than_uses_the_finish_time(out):
     finished = {r["run_id"]: r["finished_at"] for r in runindex.read_runs(out)}
     now = finished["r3"] + dt.timedelta(days=7)  # r1, r2 finished more than 7 days before `now`
-    plan = prune.prune(out, older_than_days=7, now=now)
+    plan = retention.prune(out, older_than_days=7, now=now)
     assert plan.remove == ["r1", "r2"] and [r["run_id"] for r in runindex.read_runs(out)] == ["r3", "r4"]
 
 
 def test_a_run_in_progress_is_never_removed(out):
     os.makedirs(f"{out}/_staging/r1.abcd1234")  # r1 is being rerun right now
-    plan = prune.prune(out, keep_last=0)
+    plan = retention.prune(out, keep_last=0)
     assert plan.in_progress == ["r1"] and plan.remove == ["r2", "r3", "r4"]
     assert _present(out, "r1") == {"runs", "weights", "metrics", "predictions", "reports"}
 
@@ -84,22 +87,22 @@ def test_the_index_entry_goes_first_and_an_interrupted_prune_is_finished_next_ti
         deleted.append(path)
         filesystem.delete_dir(path)
 
-    monkeypatch.setattr(prune, "_delete", crash_after_the_index)
+    monkeypatch.setattr(retention, "_delete", crash_after_the_index)
     with pytest.raises(OSError, match="killed"):
-        prune.prune(out, keep_last=3)
+        retention.prune(out, keep_last=3)
     assert deleted[0].endswith("/runs/run_id=r1")
     assert _present(out, "r1") == {"weights", "metrics", "predictions", "reports"}  # not committed any more
     assert [r["run_id"] for r in runindex.read_runs(out)] == ["r2", "r3", "r4"]
     monkeypatch.undo()
-    plan = prune.prune(out, keep_last=3)
+    plan = retention.prune(out, keep_last=3)
     assert plan.orphans == ["r1"] and plan.remove == [] and _present(out, "r1") == set()
 
 
 def test_bad_options_are_input_errors(out, capsys):
     with pytest.raises(InputError, match="exactly one of --keep-last N or --older-than DAYS"):
-        prune.plan_prune(out, keep_last=1, older_than_days=3)
+        retention.plan_prune(out, keep_last=1, older_than_days=3)
     with pytest.raises(InputError, match="must not be negative"):
-        prune.plan_prune(out, keep_last=-1)
+        retention.plan_prune(out, keep_last=-1)
     with pytest.raises(SystemExit) as exit_:
         prune_main(["--output", out, "--keep-last", "1", "--older-than", "2"])
     assert exit_.value.code == 2

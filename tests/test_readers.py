@@ -18,11 +18,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from flows import migrate as migrate_cli
-from linreg import cache, migrate, pipeline, report, runindex
+from linreg.pipeline import reuse
+from linreg.outputs import migrate
+from linreg.pipeline import steps
+from linreg.pipeline import report
+from linreg.outputs import runindex
 from linreg.config import make_config
 from linreg.errors import EXIT_BAD_INPUT, InputError
-from linreg.schema import SCHEMA_VERSION
-from linreg.scoring import ScoreConfig, score
+from linreg.inputs.schema import SCHEMA_VERSION
+from linreg.pipeline.scoring import ScoreConfig, score
 from tests.helpers import linear_tables
 
 TEXT, FLOAT, INT, UTC = "text", "float64", "int64", "timestamp UTC"
@@ -141,7 +145,7 @@ def _data(directory: Path) -> tuple[str, str]:
 
 
 def _train(w: str, y: str, out: Path, run_id: str, **options):
-    return pipeline.run(make_config(weather=w, yields=y, output=str(out), run_id=run_id, **options))
+    return steps.run(make_config(weather=w, yields=y, output=str(out), run_id=run_id, **options))
 
 
 @pytest.fixture(scope="module")
@@ -229,9 +233,9 @@ def test_skip_if_unchanged_rebuilds_the_summary_from_null_totals(root):
     out, w, y, summaries = root
     config = make_config(weather=w, yields=y, output=str(out), run_id=RUN_IDS[1], trainer="manual",
                          holdout_fraction=0.3)
-    row = cache.find_unchanged_run(config)
+    row = reuse.find_unchanged_run(config)
     assert row is not None and row["run_id"] == RUN_IDS[1]
-    rebuilt = cache.committed_summary(str(out), row)
+    rebuilt = reuse.committed_summary(str(out), row)
     assert rebuilt.mse == summaries[1].mse and rebuilt.mean_mse == summaries[1].mean_mse
     assert rebuilt.regions == summaries[1].regions
 

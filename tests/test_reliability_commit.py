@@ -33,7 +33,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from linreg import locks, outputs
+from linreg.outputs import locks
+from linreg.outputs import commit
 from linreg.errors import EXIT_CONFLICT
 from tests.conftest import REPO
 
@@ -55,11 +56,11 @@ def committer(output, run_id, writer, *, rows=10, parts=1, kill_at=0, ready_dir=
 
 def snapshot(output: str) -> dict:
     """Every published file (staging and locks excluded): path -> sha256."""
-    fs, root, _ = outputs.resolve(output)
+    fs, root, _ = commit.resolve(output)
     result = {}
     for info in fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True)):
         rel = info.path[len(root):]
-        if info.type == pafs.FileType.File and not rel.startswith((f"/{outputs.STAGING}/", f"/{locks.LOCKS}/")):
+        if info.type == pafs.FileType.File and not rel.startswith((f"/{commit.STAGING}/", f"/{locks.LOCKS}/")):
             with fs.open_input_stream(info.path) as f:
                 result[rel] = hashlib.sha256(f.read()).hexdigest()
     return result
@@ -68,10 +69,10 @@ def snapshot(output: str) -> dict:
 def visible(output: str, *, all_readers: bool = True) -> dict:
     """dataset -> {run_id: (rows seen, expected rows, writers)} as pyarrow sees it; DuckDB and pandas must
     see the same row counts (all_readers). Expected rows and writers come from the files' metadata."""
-    fs, root, is_local = outputs.resolve(output)
+    fs, root, is_local = commit.resolve(output)
     state = {}
     con = duckdb.connect()
-    for dataset in outputs.DATASETS:
+    for dataset in commit.DATASETS:
         base = f"{root}/{dataset}"
         if fs.get_file_info(base).type != pafs.FileType.Directory:
             state[dataset] = {}
@@ -107,7 +108,7 @@ def check_whole(output: str, *, all_readers: bool = True) -> dict:
         for run_id, (rows, expected, writers) in runs.items():
             assert rows == expected and len(writers) == 1, (dataset, run_id, rows, expected, writers)
     for run_id, (_, _, writers) in state["runs"].items():
-        for dataset in outputs.DATASETS:
+        for dataset in commit.DATASETS:
             assert run_id in state[dataset] and state[dataset][run_id][2] == writers, (run_id, dataset, state)
     return state
 
@@ -115,18 +116,18 @@ def check_whole(output: str, *, all_readers: bool = True) -> dict:
 def check_recovered(output: str) -> dict:
     """After recover(): whole, and every dataset holds exactly the runs of the runs index; no journal left."""
     state = check_whole(output, all_readers=False)
-    for dataset in outputs.DATASETS:
+    for dataset in commit.DATASETS:
         assert set(state[dataset]) == set(state["runs"]), (dataset, state)
-    fs, root, _ = outputs.resolve(output)
-    for info in fs.get_file_info(pafs.FileSelector(f"{root}/{outputs.STAGING}", allow_not_found=True)):
-        assert fs.get_file_info(f"{info.path}/{outputs.JOURNAL}").type == pafs.FileType.NotFound
+    fs, root, _ = commit.resolve(output)
+    for info in fs.get_file_info(pafs.FileSelector(f"{root}/{commit.STAGING}", allow_not_found=True)):
+        assert fs.get_file_info(f"{info.path}/{commit.JOURNAL}").type == pafs.FileType.NotFound
     return state
 
 
 def runs_writer(output: str, run_id: str) -> str | None:
     """The writer of run_id's runs-index entry, None when it is not listed."""
-    fs, root, _ = outputs.resolve(output)
-    path = f"{outputs.partition(root, 'runs', run_id)}/{outputs.PART_FILE}"
+    fs, root, _ = commit.resolve(output)
+    path = f"{commit.partition(root, 'runs', run_id)}/{commit.PART_FILE}"
     if fs.get_file_info(path).type != pafs.FileType.File:
         return None
     return pq.read_schema(path, filesystem=fs).metadata[b"linreg.writer"].decode()
@@ -134,10 +135,10 @@ def runs_writer(output: str, run_id: str) -> str | None:
 
 def forget(output: str, run_id: str) -> None:
     """Remove a run (index entry first), as prune does."""
-    fs, root, _ = outputs.resolve(output)
+    fs, root, _ = commit.resolve(output)
     for dataset in ("runs", "weights", "metrics", "predictions"):
-        if fs.get_file_info(outputs.partition(root, dataset, run_id)).type == pafs.FileType.Directory:
-            fs.delete_dir(outputs.partition(root, dataset, run_id))
+        if fs.get_file_info(commit.partition(root, dataset, run_id)).type == pafs.FileType.Directory:
+            fs.delete_dir(commit.partition(root, dataset, run_id))
 
 
 def untouched(before: dict, after: dict, run_id: str) -> None:
@@ -175,7 +176,7 @@ def kill_and_check(output, run_id, writer, k, *, parts, double_fault=0):
         kills += result.returncode == KILLED
         check_whole(output, all_readers=False)
         untouched(before, snapshot(output), run_id)
-    outputs.recover(output)
+    commit.recover(output)
     state = check_recovered(output)
     untouched(before, snapshot(output), run_id)
     if listed:  # a replaced run is never lost: the old version, or the new one rolled forward
@@ -187,20 +188,20 @@ def torn_journal_recovers(output: str, before: dict, run_id: str, listed: str | 
     """On a copy of the output after a kill: the staging area's journal, if any, cut in half (as an older
     version's in-place write, or damage, leaves it). recover() completes the commit if its moves had begun,
     else drops it; either way every run is whole, the others byte-identical, a replaced run never lost."""
-    fs, root, _ = outputs.resolve(output)
-    area = next((i.path for i in fs.get_file_info(pafs.FileSelector(f"{root}/{outputs.STAGING}", allow_not_found=True))
+    fs, root, _ = commit.resolve(output)
+    area = next((i.path for i in fs.get_file_info(pafs.FileSelector(f"{root}/{commit.STAGING}", allow_not_found=True))
                  if i.base_name.startswith(f"{run_id}.")), None)
-    if area is None or fs.get_file_info(f"{area}/{outputs.JOURNAL}").type != pafs.FileType.File:
+    if area is None or fs.get_file_info(f"{area}/{commit.JOURNAL}").type != pafs.FileType.File:
         return
     copy = tempfile.mkdtemp(prefix="linreg-torn-") + "/out"
     try:
         shutil.copytree(root, copy)
-        journal = f"{copy}{area[len(root):]}/{outputs.JOURNAL}"
+        journal = f"{copy}{area[len(root):]}/{commit.JOURNAL}"
         with open(journal, "rb") as f:
             whole = f.read()
         with open(journal, "wb") as f:
             f.write(whole[:len(whole) // 2])
-        outputs.recover(copy)
+        commit.recover(copy)
         state = check_recovered(copy)
         untouched(before, snapshot(copy), run_id)
         if listed:
@@ -278,11 +279,11 @@ def test_same_run_id_at_the_same_time_exactly_one_commits(output, existing):
             assert "Run 'same' was not committed" in err and "another run with the same id" in err, err
     winner = f"w{codes.index(0)}"
     state = check_recovered(output)
-    for dataset in outputs.DATASETS:  # the committed bytes are exactly the winner's
+    for dataset in commit.DATASETS:  # the committed bytes are exactly the winner's
         assert state[dataset]["same"][2] == {winner}
     untouched(before, snapshot(output), "same")
-    fs, root, _ = outputs.resolve(output)
-    assert fs.get_file_info(f"{root}/{outputs.STAGING}").type == pafs.FileType.NotFound  # losers cleaned up
+    fs, root, _ = commit.resolve(output)
+    assert fs.get_file_info(f"{root}/{commit.STAGING}").type == pafs.FileType.NotFound  # losers cleaned up
 
 
 def test_different_run_ids_commit_in_parallel_without_mixing(output):
@@ -290,7 +291,7 @@ def test_different_run_ids_commit_in_parallel_without_mixing(output):
     results = race(output, ids, rows)
     assert [code for code, _ in results] == [0] * 4, results
     state = check_recovered(output)
-    fs, root, _ = outputs.resolve(output)
+    fs, root, _ = commit.resolve(output)
     for run_id, n, writer in zip(ids, rows, [f"w{i}" for i in range(4)]):
         assert state["predictions"][run_id][:2] == (n, n)
         table = pq.read_table(f"{root}/predictions/run_id={run_id}", filesystem=fs)
@@ -302,11 +303,11 @@ def test_a_live_commit_lock_makes_a_conflict_and_recover_leaves_it_alone(tmp_pat
     """A lock held by a live process: a commit of that run id fails at once with the conflict error, and
     recover() does not roll forward that run id's journal (its owner is moving it)."""
     output = str(tmp_path / "out")
-    staging = outputs.Staging.create(output, "held")
+    staging = commit.Staging.create(output, "held")
     for dataset, table in __import__("tests.reliability_committer", fromlist=["tables"]).tables("held", "me", 4).items():
-        outputs.write_table(staging.file(dataset), table, {b"linreg.writer": b"me", b"linreg.rows": str(table.num_rows).encode()})
+        commit.write_table(staging.file(dataset), table, {b"linreg.writer": b"me", b"linreg.rows": str(table.num_rows).encode()})
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time, pyarrow.fs as f; from linreg import locks\n"
+        "import sys, time, pyarrow.fs as f; from linreg.outputs import locks\n"
         f"with locks.commit_lock({output!r}, f.LocalFileSystem(), {output!r}, 'held', owner='holder'):\n"
         "    print('locked', flush=True); time.sleep(60)")], cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:
@@ -314,14 +315,14 @@ def test_a_live_commit_lock_makes_a_conflict_and_recover_leaves_it_alone(tmp_pat
         from linreg.errors import RunConflictError
         with pytest.raises(RunConflictError, match="is committing it right now.*holder"):
             staging.commit()
-        outputs._write_text(staging.filesystem, f"{staging.area}/{outputs.JOURNAL}",
+        commit._write_text(staging.filesystem, f"{staging.area}/{commit.JOURNAL}",
                             '{"run_id": "held", "datasets": ["weights", "metrics", "predictions", "runs"]}')
-        assert outputs.recover(output) == []  # left alone while the lock is held
-        assert (tmp_path / "out" / "_staging" / staging.name / outputs.JOURNAL).exists()
+        assert commit.recover(output) == []  # left alone while the lock is held
+        assert (tmp_path / "out" / "_staging" / staging.name / commit.JOURNAL).exists()
     finally:
         holder.kill()
         holder.wait()
-    assert outputs.recover(output) == [f"rolled forward the interrupted commit of {staging.name}"]
+    assert commit.recover(output) == [f"rolled forward the interrupted commit of {staging.name}"]
     assert check_recovered(output)["runs"]["held"][2] == {"me"}
 
 
@@ -348,11 +349,11 @@ def test_a_staging_area_without_a_lease_is_swept_only_when_old(tmp_path):
     """A run creating its staging area has no lease for a moment: recover() of another run must not sweep it
     (found by the same-id race); one left without a lease by a run killed long ago is swept."""
     output = str(tmp_path / "out")
-    fresh, old = outputs.Staging.create(output, "fresh"), outputs.Staging.create(output, "old")
+    fresh, old = commit.Staging.create(output, "fresh"), commit.Staging.create(output, "old")
     for staging in (fresh, old):
-        os.remove(f"{staging.area}/{outputs.LEASE}")
+        os.remove(f"{staging.area}/{commit.LEASE}")
     long_ago = time.time() - 3 * 24 * 3600
     for path in [old.area] + [os.path.join(d, n) for d, dirs, files in os.walk(old.area) for n in dirs + files]:
         os.utime(path, (long_ago, long_ago))
-    assert outputs.recover(output) == [f"swept the stale staging area {old.name}"]
+    assert commit.recover(output) == [f"swept the stale staging area {old.name}"]
     assert os.path.isdir(fresh.area) and not os.path.exists(old.area)

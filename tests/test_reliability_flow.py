@@ -34,7 +34,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from linreg import outputs
+from linreg.outputs import commit
 from tests.conftest import REPO, SAMPLE
 from tests.helpers import stop_process_group
 
@@ -187,7 +187,7 @@ def reference(runner, tmp_path_factory):
 # ---------------------------------------------------------------------------------------------------------
 # What readers see
 
-def content(out: Path, run_id: str, datasets=outputs.DATASETS) -> dict:
+def content(out: Path, run_id: str, datasets=commit.DATASETS) -> dict:
     """dataset -> the run's rows in key order (all parts of the partition), NaN made comparable; the runs
     entry without its start and end times and the output path in its configuration."""
     found = {}
@@ -207,7 +207,7 @@ def content(out: Path, run_id: str, datasets=outputs.DATASETS) -> dict:
 def published(out: Path) -> dict:
     """Every published file (staging and locks excluded): path -> sha256."""
     return {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.rglob("*"))
-            if p.is_file() and p.relative_to(out).parts[0] not in (outputs.STAGING, "_locks")}
+            if p.is_file() and p.relative_to(out).parts[0] not in (commit.STAGING, "_locks")}
 
 
 def committed_views(out: Path) -> dict:
@@ -217,14 +217,14 @@ def committed_views(out: Path) -> dict:
     for dataset in ("weights", "metrics", "predictions"):
         con.execute(f"CREATE VIEW {dataset} AS SELECT * FROM read_parquet('{out}/{dataset}/*/*.parquet', "
                     "hive_partitioning = true) SEMI JOIN runs USING (run_id)")
-    return {d: {r for (r,) in con.sql(f"SELECT DISTINCT run_id FROM {d}").fetchall()} for d in outputs.DATASETS}
+    return {d: {r for (r,) in con.sql(f"SELECT DISTINCT run_id FROM {d}").fetchall()} for d in commit.DATASETS}
 
 
 def raw_partitions(out: Path) -> dict:
     """dataset -> {run id: rows} of every partition a reader globbing the dataset sees; pyarrow and DuckDB agree."""
     con = duckdb.connect()
     seen = {}
-    for dataset in outputs.DATASETS:
+    for dataset in commit.DATASETS:
         table = ds.dataset(out / dataset, format="parquet", partitioning="hive").to_table(columns=["run_id"])
         by_arrow = {r["run_id"]: r["run_id_count"] for r in table.group_by("run_id").aggregate(
             [("run_id", "count")]).to_pylist()}
@@ -237,10 +237,10 @@ def raw_partitions(out: Path) -> dict:
 
 def earlier_run(out: Path) -> dict:
     """Commit an earlier run (exact trainer, another id) in `out`; return its published files' digests."""
-    from linreg import pipeline
+    from linreg.pipeline import steps
     from linreg.config import make_config
 
-    pipeline.run(make_config(weather=str(SAMPLE / "weather.parquet"), yields=str(SAMPLE / "yields.parquet"),
+    steps.run(make_config(weather=str(SAMPLE / "weather.parquet"), yields=str(SAMPLE / "yields.parquet"),
                              output=str(out), run_id="earlier"))
     return published(out)
 
@@ -251,9 +251,9 @@ def check_after_kill(out: Path, before: dict, want: dict) -> set:
     assert {k: v for k, v in published(out).items() if k in before} == before  # the earlier run, byte for byte
     views = committed_views(out)
     raw = raw_partitions(out)
-    visible = {d for d in outputs.DATASETS if RUN_ID in raw[d]}
+    visible = {d for d in commit.DATASETS if RUN_ID in raw[d]}
     if "runs" in visible:  # the commit point was passed before the kill: then the run is whole everywhere
-        assert visible == set(outputs.DATASETS) and all(RUN_ID in v for v in views.values()), (visible, views)
+        assert visible == set(commit.DATASETS) and all(RUN_ID in v for v in views.values()), (visible, views)
     else:
         assert all(v == {"earlier"} for v in views.values()), views
     for dataset in visible:
@@ -266,7 +266,7 @@ def check_rerun(out: Path, before: dict, want: dict, code: int, log: str) -> Non
     assert content(out, RUN_ID) == want  # bit for bit: the same seed, the same operations
     assert all(v == {"earlier", RUN_ID} for v in committed_views(out).values())
     assert {k: v for k, v in published(out).items() if k in before} == before
-    assert not list((out / outputs.STAGING).glob(f"*/{outputs.JOURNAL}"))  # no interrupted commit left
+    assert not list((out / commit.STAGING).glob(f"*/{commit.JOURNAL}"))  # no interrupted commit left
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -289,7 +289,7 @@ def test_killed_mid_training_shows_nothing_and_the_rerun_equals_an_uninterrupted
 
 
 # (k, replacing): a new commit has 6 file operations, a replacing one 10 (both with the local layout of
-# outputs.py); k past the end runs the commit whole and is skipped. CI: between two datasets of a new commit.
+# commit.py); k past the end runs the commit whole and is skipped. CI: between two datasets of a new commit.
 COMMIT_KILLS = [(k, False) for k in range(1, 8)] + [(k, True) for k in range(1, 12)] if LONG else [(4, False)]
 
 
@@ -299,10 +299,10 @@ def test_killed_mid_commit_shows_no_partial_run_and_the_rerun_equals_an_uninterr
     out = tmp_path / "out"
     before = earlier_run(out)
     if replacing:  # the run id was committed before (another trainer): the rerun replaces it
-        from linreg import pipeline
+        from linreg.pipeline import steps
         from linreg.config import make_config
 
-        pipeline.run(make_config(weather=str(SAMPLE / "weather.parquet"), yields=str(SAMPLE / "yields.parquet"),
+        steps.run(make_config(weather=str(SAMPLE / "weather.parquet"), yields=str(SAMPLE / "yields.parquet"),
                                  output=str(out), run_id=RUN_ID, trainer="manual", epochs=5, tol=0))
         old = content(out, RUN_ID)
     code, log = runner.submit(flow_args(out), tmp_path / "killed.log", kill_at_op=op).wait()
@@ -312,7 +312,7 @@ def test_killed_mid_commit_shows_no_partial_run_and_the_rerun_equals_an_uninterr
     want = reference()
     if replacing:  # a reader sees the old version or the new one of each partition, whole, never a mix
         assert {k: v for k, v in published(out).items() if k in before} == before
-        for dataset in outputs.DATASETS:
+        for dataset in commit.DATASETS:
             if (out / dataset / f"run_id={RUN_ID}").exists():
                 assert content(out, RUN_ID, [dataset])[dataset] in (old[dataset], want[dataset]), dataset
         if (out / "runs" / f"run_id={RUN_ID}").exists():  # a listed run is whole everywhere, in that version
@@ -322,7 +322,7 @@ def test_killed_mid_commit_shows_no_partial_run_and_the_rerun_equals_an_uninterr
         visible = check_after_kill(out, before, want)
         if not LONG:  # the CI kill point falls between datasets: some published, the runs entry not yet
             assert visible and "runs" not in visible, visible
-    journal = bool(list((out / outputs.STAGING).glob(f"*/{outputs.JOURNAL}")))
+    journal = bool(list((out / commit.STAGING).glob(f"*/{commit.JOURNAL}")))
 
     code, log = runner.submit(flow_args(out), tmp_path / "rerun.log").wait()
     check_rerun(out, before, want, code, log)

@@ -11,10 +11,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from linreg import pipeline
+from linreg.pipeline import steps
 from linreg.config import make_config
 from linreg.errors import InputError
-from linreg.validate import MAX_KEY_CHARS
+from linreg.inputs.checks import MAX_KEY_CHARS
 from tests.helpers import write
 
 REGIONS = [f"R{i}" for i in range(12)]
@@ -42,12 +42,12 @@ def env(tmp_path):
     out = tmp_path / "out"
     good_w = write(tmp_path / "good" / "weather.parquet", **columns("weather"))
     good_y = write(tmp_path / "good" / "yields.parquet", **columns("yields"))
-    pipeline.run(make_config(weather=good_w, yields=good_y, output=str(out), run_id="earlier"))
+    steps.run(make_config(weather=good_w, yields=good_y, output=str(out), run_id="earlier"))
     before = snapshot(out)
 
     def fails(weather, *patterns, yields=good_y):
         with pytest.raises(InputError) as info:
-            pipeline.run(make_config(weather=str(weather), yields=str(yields), output=str(out), run_id="bad"))
+            steps.run(make_config(weather=str(weather), yields=str(yields), output=str(out), run_id="bad"))
         message = str(info.value)
         for pattern in patterns:
             assert re.search(pattern, message), (pattern, message)
@@ -96,7 +96,7 @@ def test_stray_success_and_crc_files_are_ignored(env):
     (env.dir / "w" / ".part-0.parquet.crc").write_bytes(b"crc\x00\x01\x02")
     (env.dir / "w" / "_temporary").mkdir()
     (env.dir / "w" / "_temporary" / "junk").write_bytes(b"not parquet")
-    summary = pipeline.run(make_config(weather=str(env.dir / "w"), yields=env.yields, output=str(env.out),
+    summary = steps.run(make_config(weather=str(env.dir / "w"), yields=env.yields, output=str(env.out),
                                        run_id="with-markers"))
     assert summary.joined.joined_rows == 12
 
@@ -145,7 +145,7 @@ def test_extra_columns_are_ignored(env):
     """Columns the run does not use (in some files only) neither fail nor reach the outputs."""
     write(env.dir / "w" / "a.parquet", **columns("weather", slice(0, 6)), notes=["x"] * 6)
     write(env.dir / "w" / "b.parquet", **columns("weather", slice(6, 12)))
-    summary = pipeline.run(make_config(weather=str(env.dir / "w"), yields=env.yields, output=str(env.out),
+    summary = steps.run(make_config(weather=str(env.dir / "w"), yields=env.yields, output=str(env.out),
                                        run_id="extra"))
     assert summary.joined.joined_rows == 12
     assert "notes" not in pa.parquet.read_schema(env.out / "predictions" / "run_id=extra" / "part-0.parquet").names

@@ -20,12 +20,12 @@ import pyarrow.parquet as pq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from linreg import pipeline
+from linreg.pipeline import steps
 from linreg.config import make_config
-from linreg.io import open_table
-from linreg.join import connect, join_tables
-from linreg.tensors import read_joined
-from linreg.schema import resolve_columns
+from linreg.inputs.tables import open_table
+from linreg.inputs.join import connect, join_tables
+from linreg.inputs.batches import read_joined
+from linreg.inputs.schema import resolve_columns
 
 LONG = os.environ.get("LINREG_LONG_TESTS") == "1"
 RUNS = settings(max_examples=300 if LONG else 25, deadline=None, derandomize=not LONG,
@@ -69,7 +69,7 @@ def problems(draw):
 def train(weather: str, yields: str, features, targets, output: str):
     config = make_config(weather=weather, yields=yields, output=output, run_id="prop", trainer="exact",
                          features=features, targets=targets, holdout_fraction=0.25, seed=3)
-    summary = pipeline.run(config)
+    summary = steps.run(config)
     predictions = pq.read_table(Path(output) / "predictions" / "run_id=prop").sort_by([("region", "ascending"),
                                                                                        ("year", "ascending")])
     return summary, predictions

@@ -15,7 +15,8 @@ from prefect.testing.utilities import prefect_test_harness
 
 from flows.train import main as train_main
 from flows.train import train
-from linreg import outputs, report
+from linreg.outputs import commit
+from linreg.pipeline import report
 from linreg.config import make_config
 from linreg.errors import InputError, TransientIOError, is_transient
 from tests.helpers import flow_run_logs, linear_tables, write
@@ -113,11 +114,11 @@ def test_runs_and_progress_lines_carry_the_run_id(nn_run):
 
 
 def test_exact_runs_get_a_report_without_a_loss_curve(tmp_path):
-    from linreg import pipeline
+    from linreg.pipeline import steps
 
     w, y, _, _ = linear_tables(tmp_path, rows=60, regions=6)
     out = str(tmp_path / "out")
-    pipeline.run(make_config(weather=w, yields=y, output=out, run_id="plain", holdout_fraction=0.0))
+    steps.run(make_config(weather=w, yields=y, output=out, run_id="plain", holdout_fraction=0.0))
     paths = report.write_report(out, "plain", trainer="exact", losses=[])
     image = mpimg.imread(paths.png)
     assert image[..., :3].std() > 0.05
@@ -126,7 +127,7 @@ def test_exact_runs_get_a_report_without_a_loss_curve(tmp_path):
 
 def test_a_transient_io_error_is_retried_and_the_run_completes(prefect_server, tmp_path, monkeypatch):
     w, y, _, _ = linear_tables(tmp_path, rows=60, regions=6)
-    real, calls = outputs.open_writer, []
+    real, calls = commit.open_writer, []
 
     def flaky(*args, **kwargs):  # the first write of the predictions hits a flaky disk
         calls.append(args[0])
@@ -135,7 +136,7 @@ def test_a_transient_io_error_is_retried_and_the_run_completes(prefect_server, t
             raise OSError(errno.EIO, "Input/output error", args[0])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(outputs, "open_writer", flaky)
+    monkeypatch.setattr(commit, "open_writer", flaky)
     state = train(make_config(weather=w, yields=y, output=str(tmp_path / "out"), run_id="flaky"), return_state=True)
     assert state.is_completed() and sum("predictions" in str(c) for c in calls) == 2  # (and the metrics' writer)
     tasks = _task_runs(state.state_details.flow_run_id)

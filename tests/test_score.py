@@ -10,10 +10,10 @@ import pytest
 from prefect.testing.utilities import prefect_test_harness
 
 from flows.score import main as score_main
-from linreg import pipeline
+from linreg.pipeline import steps
 from linreg.config import make_config
 from linreg.errors import EXIT_BAD_INPUT, InputError
-from linreg.scoring import ScoreConfig, score
+from linreg.pipeline.scoring import ScoreConfig, score
 from tests.helpers import linear_tables, write
 
 FEATURES = ("temp", "rainfall", "humidity")
@@ -31,8 +31,8 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("trained")
     w, y, _, _ = linear_tables(root / "data")
     out = str(root / "out")
-    pipeline.run(make_config(weather=w, yields=y, output=out, run_id="older", holdout_fraction=0.5))
-    pipeline.run(make_config(weather=w, yields=y, output=out, run_id="newer"))
+    steps.run(make_config(weather=w, yields=y, output=out, run_id="older", holdout_fraction=0.5))
+    steps.run(make_config(weather=w, yields=y, output=out, run_id="newer"))
     return out
 
 

@@ -6,7 +6,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from linreg.stream import StreamedRows
+from linreg.inputs.stream import StreamedRows
 
 
 def _file(tmp_path, n=10_000, row_group=700):
@@ -66,7 +66,7 @@ def test_buffer_bounds_what_is_held(tmp_path, monkeypatch):
         sizes.append(len(out))
         return out
 
-    monkeypatch.setattr("linreg.stream.np.concatenate", spy)
+    monkeypatch.setattr("linreg.inputs.stream.np.concatenate", spy)
     total = sum(len(b[0]) for b in stream.epoch(0, 0, 128, torch.device("cpu")))
     assert total == 20_000
     assert max(sizes) < 1000 + 500 + 128  # buffer + one row group + a partial batch

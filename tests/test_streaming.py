@@ -7,9 +7,9 @@ import numpy as np
 import pyarrow.dataset as ds
 import pytest
 
-from linreg import pipeline
+from linreg.pipeline import steps
 from linreg.config import make_config
-from linreg.synth import generate
+from datagen.synth import generate
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,7 @@ def spread(tmp_path_factory):
 
 
 def run(data, tmp_path, trainer, budget, run_id):
-    return pipeline.run(make_config(weather=str(data / "weather"), yields=str(data / "yields"),
+    return steps.run(make_config(weather=str(data / "weather"), yields=str(data / "yields"),
                                     output=str(tmp_path / "out"), trainer=trainer, memory_budget=budget,
                                     run_id=run_id))
 

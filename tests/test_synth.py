@@ -1,4 +1,4 @@
-"""linreg.synth (synthetic datasets with a known ground truth) and linreg.sample (the seed notebook's data)."""
+"""datagen.synth (synthetic datasets with a known ground truth) and datagen.sample (the seed notebook's data)."""
 
 import json
 import os
@@ -13,9 +13,9 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from linreg import synth
+from datagen import synth
 from linreg.errors import InputError
-from linreg.sample import write_sample
+from datagen.sample import write_sample
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "sample"
@@ -209,10 +209,10 @@ def test_bad_arguments_and_existing_output(tmp_path):
 
 
 def _peak_rss_kib(out: Path, rows: int) -> int:
-    """Peak RSS of `python -m linreg.synth` run as the child of a wrapper that reports RUSAGE_CHILDREN."""
+    """Peak RSS of `python -m datagen.synth` run as the child of a wrapper that reports RUSAGE_CHILDREN."""
     wrapper = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True); "
                "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr)")
-    command = [sys.executable, "-c", wrapper, sys.executable, "-m", "linreg.synth", "--rows", str(rows),
+    command = [sys.executable, "-c", wrapper, sys.executable, "-m", "datagen.synth", "--rows", str(rows),
                "--regions", str(rows // 100), "--out", str(out), "--chunk-rows", "200000"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)

@@ -30,7 +30,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from linreg import locks, outputs, runindex
+from linreg.outputs import locks
+from linreg.outputs import commit
+from linreg.outputs import runindex
 from linreg.config import TrainConfig
 from tests.conftest import REPO, SAMPLE
 from tests.reliability_committer import main as committer_main
@@ -69,12 +71,12 @@ def messages(records, level=logging.WARNING) -> str:
     return "\n".join(r.getMessage() for r in records if r.levelno >= level)
 
 
-def stage(output: str, run_id: str, writer: str, rows: int = 10) -> outputs.Staging:
+def stage(output: str, run_id: str, writer: str, rows: int = 10) -> commit.Staging:
     """A staging area holding the committer's four small datasets for `run_id`, not committed."""
-    staging = outputs.Staging.create(output, run_id)
+    staging = commit.Staging.create(output, run_id)
     for dataset, table in tables(run_id, writer, rows).items():
         metadata = {b"linreg.writer": writer.encode(), b"linreg.rows": str(table.num_rows).encode()}
-        outputs.write_table(staging.file(dataset), table, metadata)
+        commit.write_table(staging.file(dataset), table, metadata)
     return staging
 
 
@@ -83,7 +85,7 @@ def next_run(output: str, run_id: str = "next") -> None:
     assert committer_main(["--output", output, "--run-id", run_id, "--writer", run_id]) == 0
 
 
-def interrupted_commit(output: str, run_id: str, writer: str, stop_before: int) -> outputs.Staging:
+def interrupted_commit(output: str, run_id: str, writer: str, stop_before: int) -> commit.Staging:
     """A commit of `run_id` that stopped before its `stop_before`-th file operation, its area left as is."""
     staging = stage(output, run_id, writer)
     count = {"n": 0}
@@ -93,17 +95,17 @@ def interrupted_commit(output: str, run_id: str, writer: str, stop_before: int) 
         if count["n"] == stop_before:
             raise KeyboardInterrupt  # the process dies here: nothing after it runs
 
-    saved, outputs.before_file_operation = outputs.before_file_operation, stop
+    saved, commit.before_file_operation = commit.before_file_operation, stop
     try:
         with pytest.raises(KeyboardInterrupt):
             staging.commit()
     finally:
-        outputs.before_file_operation = saved
+        commit.before_file_operation = saved
     return staging
 
 
 def journal_bytes(run_id: str) -> bytes:
-    return json.dumps({"run_id": run_id, "datasets": list(outputs.DATASETS), "key": "run_id"}).encode()
+    return json.dumps({"run_id": run_id, "datasets": list(commit.DATASETS), "key": "run_id"}).encode()
 
 
 @pytest.fixture
@@ -119,7 +121,7 @@ def output(tmp_path):
 def test_a_torn_journal_whose_moves_had_not_begun_is_not_committed(output, damage, linreg_log):
     before = published(output)
     staging = stage(output, "x", "new")  # a replacing commit of x, its journal torn before any move
-    tear(f"{staging.area}/{outputs.JOURNAL}", damage, journal_bytes("x"))
+    tear(f"{staging.area}/{commit.JOURNAL}", damage, journal_bytes("x"))
     next_run(output)
     assert not os.path.exists(staging.area)
     assert check_recovered(output)["runs"]["x"][2] == {"old"}  # the earlier x, whole
@@ -136,10 +138,10 @@ def test_a_torn_journal_whose_moves_had_begun_is_completed(output, damage, stop_
     before = published(output)
     staging = interrupted_commit(output, "x", "new", stop_before)
     assert os.path.isdir(f"{staging.area}/replaced-runs")  # the moves had begun
-    tear(f"{staging.area}/{outputs.JOURNAL}", damage)
+    tear(f"{staging.area}/{commit.JOURNAL}", damage)
     next_run(output)
     state = check_recovered(output)
-    assert all(state[d]["x"][2] == {"new"} for d in outputs.DATASETS)  # completed: x is the new one, whole
+    assert all(state[d]["x"][2] == {"new"} for d in commit.DATASETS)  # completed: x is the new one, whole
     untouched(before, published(output), "x")
     assert not os.path.exists(staging.area)
     assert f"completed the interrupted commit of {staging.name}" in messages(linreg_log)
@@ -149,9 +151,9 @@ def test_a_torn_journal_whose_moves_had_begun_is_completed(output, damage, stop_
 def test_a_torn_journal_of_a_new_run_id_after_its_first_move_is_completed(output, damage):
     before = published(output)
     staging = interrupted_commit(output, "fresh", "f", 3)  # journal written, weights moved
-    tear(f"{staging.area}/{outputs.JOURNAL}", damage)
+    tear(f"{staging.area}/{commit.JOURNAL}", damage)
     next_run(output)
-    assert {d: check_recovered(output)[d]["fresh"][2] for d in outputs.DATASETS} == {d: {"f"} for d in outputs.DATASETS}
+    assert {d: check_recovered(output)[d]["fresh"][2] for d in commit.DATASETS} == {d: {"f"} for d in commit.DATASETS}
     untouched(before, published(output), "fresh")
 
 
@@ -160,7 +162,7 @@ def test_the_issue_reproduction_an_empty_journal_in_an_empty_area(output, linreg
     before = published(output)
     area = Path(output) / "_staging" / "x.deadbeef"
     area.mkdir(parents=True)
-    (area / outputs.JOURNAL).write_bytes(b"")
+    (area / commit.JOURNAL).write_bytes(b"")
     next_run(output)
     assert not area.exists()
     check_recovered(output)
@@ -173,9 +175,9 @@ def test_a_leftover_temporary_journal_is_not_a_commit(output, damage, linreg_log
     """A commit that stopped while writing its journal under a temporary name decided nothing."""
     before = published(output)
     staging = stage(output, "x", "new")
-    temporary = f"{staging.area}/.{outputs.JOURNAL}.0badf00d.tmp"
+    temporary = f"{staging.area}/.{commit.JOURNAL}.0badf00d.tmp"
     tear(temporary, damage, journal_bytes("x"))
-    assert outputs.read_journal(staging.filesystem, staging.area) == ("pending", None)
+    assert commit.read_journal(staging.filesystem, staging.area) == ("pending", None)
     next_run(output)
     assert not os.path.exists(staging.area)
     assert check_recovered(output)["runs"]["x"][2] == {"old"}
@@ -193,13 +195,13 @@ def test_the_journal_is_written_whole_under_a_temporary_name_and_fsynced(tmp_pat
                                                  real_fsync(fd))[1])
     monkeypatch.setattr(os, "rename", lambda a, b: (calls.append(("rename", a, b)), real_rename(a, b))[1])
     staging.commit()
-    journal = f"{staging.area}/{outputs.JOURNAL}"
+    journal = f"{staging.area}/{commit.JOURNAL}"
     at = next(i for i, c in enumerate(calls) if c[0] == "rename" and c[2] == journal)
     temporary = calls[at][1]
-    assert os.path.basename(temporary).startswith(f".{outputs.JOURNAL}.")
+    assert os.path.basename(temporary).startswith(f".{commit.JOURNAL}.")
     assert ("fsync", temporary) in calls[:at] and calls[at + 1] == ("fsync", staging.area)
     synced = {c[1] for c in calls[:at] if c[0] == "fsync"}
-    for dataset in outputs.DATASETS:  # every staged file and its folders fsynced before the journal
+    for dataset in commit.DATASETS:  # every staged file and its folders fsynced before the journal
         assert staging.file(dataset) in synced and os.path.dirname(staging.file(dataset)) in synced
     last = max(i for i, c in enumerate(calls) if c[0] == "rename")
     assert calls[last][2] == f"{out}/runs/run_id=y"  # the runs entry moved last, then its folder fsynced
@@ -216,19 +218,19 @@ def test_a_large_staged_file_is_pushed_to_disk_as_it_grows(tmp_path, monkeypatch
     import pyarrow as pa
 
     calls = []
-    monkeypatch.setattr(outputs.FlushingWriter, "FLUSH_BYTES", 4096)
+    monkeypatch.setattr(commit.FlushingWriter, "FLUSH_BYTES", 4096)
     monkeypatch.setattr(os, "posix_fadvise", lambda fd, offset, length, advice: calls.append((offset, length)))
     table = pa.table({"x": [float(i) for i in range(5000)], "k": [f"k{i}" for i in range(5000)]})
-    path = tmp_path / "out" / outputs.STAGING / "r.0" / "predictions" / "run_id=r" / "part-0.parquet"
+    path = tmp_path / "out" / commit.STAGING / "r.0" / "predictions" / "run_id=r" / "part-0.parquet"
     path.parent.mkdir(parents=True)
-    with outputs.open_writer(str(path), table.schema, {}) as writer:
-        assert isinstance(writer, outputs.FlushingWriter)
+    with commit.open_writer(str(path), table.schema, {}) as writer:
+        assert isinstance(writer, commit.FlushingWriter)
         for _ in range(6):
             writer.write_table(table, row_group_size=5000)
     assert len(calls) >= 5 and calls[0][0] == 0
     assert all(a[0] + a[1] == b[0] for a, b in zip(calls, calls[1:]))  # contiguous stretches, none twice
     assert pq.read_table(path).equals(pa.concat_tables([table] * 6))
-    with outputs.open_writer(str(tmp_path / "plain.parquet"), table.schema, {}) as plain:
+    with commit.open_writer(str(tmp_path / "plain.parquet"), table.schema, {}) as plain:
         assert type(plain) is pq.ParquetWriter
 
 
@@ -243,11 +245,11 @@ def test_a_torn_lease_counts_as_none(output, damage, kind, linreg_log):
         if kind == "staging":
             area = stage(output, f"{age}-run", "w").area
         else:
-            area = f"{output}/{outputs.STAGING}/{age}-run.snapshots"
+            area = f"{output}/{commit.STAGING}/{age}-run.snapshots"
             os.makedirs(area)
             Path(area, "snapshot.pt").write_bytes(b"state")
-            Path(area, outputs.LEASE).write_text("2026-12-04T19:16:50.123456+00:00")
-        tear(f"{area}/{outputs.LEASE}", damage)
+            Path(area, commit.LEASE).write_text("2026-12-04T19:16:50.123456+00:00")
+        tear(f"{area}/{commit.LEASE}", damage)
         areas[age] = area
     long_ago = time.time() - 3 * 24 * 3600
     for folder, dirs, files in os.walk(areas["old"]):
@@ -261,9 +263,9 @@ def test_a_torn_lease_counts_as_none(output, damage, kind, linreg_log):
 
 def test_a_lease_cut_to_a_date_is_not_read_as_an_earlier_time():
     """`2026-12-04T19:16:50+00:00` cut short parses as a naive, earlier time: it counts as no lease."""
-    assert outputs._lease_time("2026-12-04T19:16:50.123456+00:00") is not None
+    assert commit._lease_time("2026-12-04T19:16:50.123456+00:00") is not None
     for torn in ("2026-12-04", "2026-12-04T19", "2026-12-04T19:16:50.12", "", "\ufffd\x00", None):
-        assert outputs._lease_time(torn) is None
+        assert commit._lease_time(torn) is None
 
 
 @pytest.mark.parametrize("damage", DAMAGES)
@@ -319,11 +321,11 @@ def test_a_torn_s3_lock_owner_record_is_broken(s3_bucket):
 # Runs-index entries: real training runs, read by every reader of the index.
 
 def train(output: str, run_id: str, **kwargs):
-    from linreg import pipeline
+    from linreg.pipeline import steps
 
     config = TrainConfig(weather=str(SAMPLE / "weather.parquet"), yields=str(SAMPLE / "yields.parquet"),
                          output=output, run_id=run_id, trainer="exact", **kwargs)
-    return pipeline.run(config), config
+    return steps.run(config), config
 
 
 @pytest.fixture(scope="module")
@@ -340,18 +342,19 @@ def torn_newest(two_runs, tmp_path, request):
     """A copy of `two_runs` whose newest run's (r2) runs-index entry is torn; returns the output root."""
     out = str(tmp_path / "out")
     shutil.copytree(two_runs, out)
-    tear(f"{out}/runs/run_id=r2/{outputs.PART_FILE}", request.param)
+    tear(f"{out}/runs/run_id=r2/{commit.PART_FILE}", request.param)
     return out
 
 
 @pytest.mark.parametrize("torn_newest", DAMAGES, indirect=True)
 def test_a_torn_runs_entry_is_skipped_by_every_reader_and_removed_by_the_next_run(torn_newest, tmp_path, linreg_log):
-    from linreg import cache, prune
-    from linreg.estimator import LinearRegression
-    from linreg.scoring import ScoreConfig, score
+    from linreg.pipeline import reuse
+    from linreg.outputs import retention
+    from linreg.models.estimator import LinearRegression
+    from linreg.pipeline.scoring import ScoreConfig, score
 
     out = torn_newest
-    entry = f"{out}/runs/run_id=r2/{outputs.PART_FILE}"
+    entry = f"{out}/runs/run_id=r2/{commit.PART_FILE}"
     before = published(out)
     assert [r["run_id"] for r in runindex.read_runs(out)] == ["r1"]
     assert f"skipped the runs-index entry {entry}" in messages(linreg_log)
@@ -364,8 +367,8 @@ def test_a_torn_runs_entry_is_skipped_by_every_reader_and_removed_by_the_next_ru
     assert summary.model_run_id == "r1"
     config = TrainConfig(weather=str(SAMPLE / "weather.parquet"), yields=str(SAMPLE / "yields.parquet"), output=out,
                          trainer="exact", skip_if_unchanged=True)
-    assert cache.find_unchanged_run(config)["run_id"] == "r1"  # --skip-if-unchanged: r1, the same inputs and config
-    plan = prune.plan_prune(out, keep_last=5)
+    assert reuse.find_unchanged_run(config)["run_id"] == "r1"  # --skip-if-unchanged: r1, the same inputs and config
+    plan = retention.plan_prune(out, keep_last=5)
     assert plan.keep == ["r1"] and plan.orphans == ["r2"]  # r2 is not committed: its partitions are orphans
     assert published(out) == before  # readers change nothing
 
@@ -376,24 +379,25 @@ def test_a_torn_runs_entry_is_skipped_by_every_reader_and_removed_by_the_next_ru
     after = published(out)
     assert {p: h for p, h in after.items() if "run_id=r3/" not in p} == \
         {p: h for p, h in before.items() if not p.startswith("/runs/run_id=r2/")}
-    assert prune.prune(out, keep_last=5).orphans == ["r2"]  # retention removes the orphans
+    assert retention.prune(out, keep_last=5).orphans == ["r2"]  # retention removes the orphans
     assert not any("run_id=r2" in p for p in published(out))
 
 
 def test_retention_removes_a_runs_entry_durably_before_its_data(two_runs, tmp_path, monkeypatch):
     """Prune: the runs entry deleted, the runs folder fsynced, only then the run's data (so no power loss
     leaves an entry whose data is gone)."""
-    from linreg import durable, prune
+    from linreg.outputs import durable
+    from linreg.outputs import retention
 
     out = str(tmp_path / "out")
     shutil.copytree(two_runs, out)
     events = []
-    real_delete, real_fsync_dir = prune._delete, durable.fsync_dir
-    monkeypatch.setattr(prune, "_delete", lambda fs, path: (events.append(("delete", path[len(out):])),
+    real_delete, real_fsync_dir = retention._delete, durable.fsync_dir
+    monkeypatch.setattr(retention, "_delete", lambda fs, path: (events.append(("delete", path[len(out):])),
                                                            real_delete(fs, path))[1])
     monkeypatch.setattr(durable, "fsync_dir", lambda path: (events.append(("fsync", path[len(out):])),
                                                            real_fsync_dir(path))[1])
-    assert prune.prune(out, keep_last=0).remove == ["r1", "r2"]
+    assert retention.prune(out, keep_last=0).remove == ["r1", "r2"]
     for run_id in ("r1", "r2"):
         mine = [e for e in events if e[1] == "/runs" or f"run_id={run_id}" in e[1]]
         at = mine.index(("delete", f"/runs/run_id={run_id}"))
@@ -407,7 +411,7 @@ def test_a_runs_entry_without_run_id_column_takes_it_from_its_folder(two_runs, t
     """The runs files may hold run_id or not (it is the hive folder); every row's run_id is its folder's."""
     out = str(tmp_path / "out")
     shutil.copytree(two_runs, out)
-    path = f"{out}/runs/run_id=r1/{outputs.PART_FILE}"
+    path = f"{out}/runs/run_id=r1/{commit.PART_FILE}"
     table = pq.read_table(path, partitioning=None)
     if "run_id" in table.column_names:
         pq.write_table(table.drop_columns(["run_id"]), path)
@@ -421,7 +425,7 @@ def test_a_runs_entry_without_run_id_column_takes_it_from_its_folder(two_runs, t
 def test_a_torn_snapshot_is_ignored_with_a_warning(tmp_path, damage, linreg_log):
     import torch
 
-    from linreg import snapshot
+    from linreg.outputs import snapshot
 
     snaps = snapshot.Snapshots(str(tmp_path / "out"), "s", every=1, rank=0, identity="id")
     weights, generator = {"w": torch.ones(3)}, torch.Generator().manual_seed(1)
@@ -439,7 +443,7 @@ def test_a_torn_snapshot_is_ignored_with_a_warning(tmp_path, damage, linreg_log)
 
 
 def test_a_training_job_with_a_torn_snapshot_starts_over_and_equals_a_clean_run(tmp_path, linreg_log):
-    from linreg import job
+    from linreg.launch import job
 
     def run(output, run_id):
         config = TrainConfig(weather=str(SAMPLE / "weather.parquet"), yields=str(SAMPLE / "yields.parquet"),
@@ -449,7 +453,7 @@ def test_a_training_job_with_a_torn_snapshot_starts_over_and_equals_a_clean_run(
     out = str(tmp_path / "out")
     train(out, "earlier")
     before = published(out)
-    snapshots = Path(out) / outputs.STAGING / "snap.snapshots"
+    snapshots = Path(out) / commit.STAGING / "snap.snapshots"
     snapshots.mkdir(parents=True)
     tear(snapshots / "snapshot.pt", "random", b"x" * 4096)
     torn = run(out, "snap")
@@ -468,7 +472,7 @@ def test_the_issue_reproduction_through_the_command_line(tmp_path):
     before = published(out)
     area = Path(out) / "_staging" / "x.deadbeef"
     area.mkdir(parents=True)
-    (area / outputs.JOURNAL).write_bytes(b"")
+    (area / commit.JOURNAL).write_bytes(b"")
     result = subprocess.run([sys.executable, "-m", "flows.train", "--weather", str(SAMPLE / "weather.parquet"),
                              "--yields", str(SAMPLE / "yields.parquet"), "--output", out, "--run-id", "second",
                              "--trainer", "exact"], cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -503,12 +507,12 @@ def test_fuzzed_journals_are_whole_or_torn_never_an_error(tmp_path):
     whole = journal_bytes("x")
     area = tmp_path / "_staging" / "x.0"
     area.mkdir(parents=True)
-    fs = outputs.resolve(str(tmp_path))[0]
+    fs = commit.resolve(str(tmp_path))[0]
     cases = [whole[:n] for n in range(len(whole))] + [mutate(whole, rng) for _ in range(FUZZ_CASES)]
     states = {}
     for data in cases:
-        (area / outputs.JOURNAL).write_bytes(data)
-        state, journal = outputs.read_journal(fs, str(area))
+        (area / commit.JOURNAL).write_bytes(data)
+        state, journal = commit.read_journal(fs, str(area))
         assert state in ("whole", "torn"), (seed, data)
         if state == "whole":  # usable as it is: roll_forward reads exactly these
             assert isinstance(journal["run_id"], str) and all(isinstance(d, str) for d in journal["datasets"])
@@ -521,7 +525,7 @@ def test_fuzzed_runs_entries_are_read_or_skipped_never_an_error(two_runs, tmp_pa
     rng = random.Random(seed)
     out = str(tmp_path / "out")
     shutil.copytree(two_runs, out)
-    entry = Path(out) / "runs" / "run_id=r2" / outputs.PART_FILE
+    entry = Path(out) / "runs" / "run_id=r2" / commit.PART_FILE
     whole = entry.read_bytes()
     cuts = sorted(set(rng.randrange(len(whole)) for _ in range(50)) | {0, 4, len(whole) - 1})
     for n in cuts:  # a cut loses the footer: always skipped

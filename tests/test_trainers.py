@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from linreg.fit import TrainOptions, fit
+from linreg.models.fit import TrainOptions, fit
 from tests.helpers import SEED_X, SEED_Y
 
 FEATURES, TARGETS = ["temp", "rainfall", "humidity"], ["apples", "oranges"]

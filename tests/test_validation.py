@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from linreg import pipeline
+from linreg.pipeline import steps
 from linreg.config import make_config
 from linreg.errors import InputError
 from tests.helpers import write
@@ -32,7 +32,7 @@ def tables(tmp_path, weather=None, yields=None):
 
 def run(tmp_path, weather, yields, **options):
     options.setdefault("holdout_fraction", 0.2)
-    return pipeline.run(make_config(weather=weather, yields=yields, output=str(tmp_path / "out"), **options))
+    return steps.run(make_config(weather=weather, yields=yields, output=str(tmp_path / "out"), **options))
 
 
 def test_missing_column_names_table_and_column(tmp_path):
@@ -186,7 +186,7 @@ def test_failure_after_training_leaves_no_partial_run(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(pipeline.outputs, "write_table", broken)
+    monkeypatch.setattr(steps.commit, "write_table", broken)
     with pytest.raises(OSError, match="disk full"):
         run(tmp_path, w, y, run_id="late-failure")
     assert _tree_digest(tmp_path / "out") == before

@@ -1,0 +1,234 @@
+"""Output roots written by an older schema version: the check that refuses them and the migration.
+
+    python -m flows.migrate --output output --dry-run     # list the runs to migrate
+    python -m flows.migrate --output output               # rewrite them in place
+
+Schema version 2 (`linreg.inputs.schema.SCHEMA_VERSION`) changed two things of version 1:
+- `metrics`: the totals have region null and target null (version 1 wrote 'all', which a region named
+  'all' could not be told apart from);
+- `runs`: the entry has no `run_id` column (version 1 had it in the file and in the hive folder
+  `run_id=<id>`, which pandas and Spark cannot read as one dataset).
+`weights`, `predictions` and `scores` are the same in both; they are not rewritten and keep their
+`linreg.schema_version` metadata of 1.
+
+A training or scoring run into a root that holds runs of another version stops before doing anything
+(`check_schema_version`, InputError, exit code 2): mixed in one dataset, the two layouts would break
+every reader. The check reads only the footers of the runs entries (one small file per run).
+
+`migrate` rewrites each run of version 1, under its run id's commit lock: its metrics file, then its runs
+entry last (the entry's version is what the check reads, so a run is migrated once its entry is). Each
+file is replaced whole: locally written to a temporary file in the same folder, fsynced, renamed over the
+old one and the folder fsynced; on object storage written as one object. A file already at version 2 is
+left alone, so a migration interrupted at any point is finished by running it again.
+
+Version 1 metrics of a region literally named 'all': its rows and the totals share region 'all'. The
+writer always wrote the totals first and the per-region rows after them, so the first row of each
+(split, target, metric) with region 'all' is the total (region -> null) and a later one is the region's.
+Target 'all' always meant the mean over targets (version 1 refused a target named 'all'): -> null.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from linreg.outputs import durable
+from linreg.outputs import locks
+from linreg.outputs import commit
+from linreg.outputs import runindex
+from linreg.errors import InputError, format_examples
+from linreg.inputs.schema import SCHEMA_VERSION
+
+log = logging.getLogger(__name__)
+
+VERSION_KEY = b"linreg.schema_version"
+MIGRATED_KEY = b"linreg.migrated_from"  # the schema version a rewritten file had before
+OLD_TOTAL = "all"  # version 1's word for "over all regions" and "over all targets"
+BATCH_ROWS = 1 << 16  # metrics rows rewritten at a time: memory stays bounded for millions of regions
+
+
+def command(output: str) -> str:
+    return f"python -m flows.migrate --output {output}"
+
+
+def file_version(filesystem: pafs.FileSystem, path: str, *, runs_entry: bool = False) -> str:
+    """The schema version of one output file, from its footer: its `linreg.schema_version` metadata (none:
+    "1"), and "1" for a runs entry with a `run_id` column whatever its metadata says (version 1's layout)."""
+    with filesystem.open_input_file(path) as f:
+        schema = pq.read_schema(f)
+    if runs_entry and "run_id" in schema.names:
+        return "1"
+    return (schema.metadata or {}).get(VERSION_KEY, b"1").decode()
+
+
+def run_versions(output: str) -> dict[str, str]:
+    """run id -> schema version of every committed run (its runs entry's footer; nothing else is read)."""
+    filesystem, root, _ = commit.resolve(output)
+    found = {}
+    for run_id in runindex.partitions(output, "runs"):
+        path = _part(root, "runs", run_id)
+        try:
+            found[run_id] = file_version(filesystem, path, runs_entry=True)
+        except (OSError, pa.ArrowException):
+            continue  # no file (an interrupted prune) or a torn one: not a committed run (see runindex)
+    return found
+
+
+def check_schema_version(output: str) -> None:
+    """Refuse (InputError, exit 2) an output root that holds runs written with another schema version."""
+    versions = run_versions(output)
+    older = sorted(r for r, v in versions.items() if _older(v))
+    newer = sorted(r for r, v in versions.items() if v != SCHEMA_VERSION and not _older(v))
+    if newer:
+        raise InputError(f"The output {output!r} holds run(s) {format_examples(newer)} written by a newer version "
+                         f"of this project (schema version {versions[newer[0]]}; this one writes "
+                         f"{SCHEMA_VERSION}). Upgrade it to write into this output, or choose another --output.")
+    if older:
+        raise InputError(
+            f"The output {output!r} holds {len(older)} run(s) written with schema version "
+            f"{versions[older[0]]} (this version writes {SCHEMA_VERSION}): {format_examples(older)}. Since "
+            f"version 2 the metrics totals have null region and target (version 1 wrote 'all') and a runs entry "
+            f"has no run_id column; mixed in one dataset, the two layouts would break its readers. Migrate the "
+            f"output in place first (it rewrites only the metrics and runs entries of those runs, and is safe to "
+            f"rerun if interrupted): {command(output)}")
+
+
+@dataclass
+class Migration:
+    """What `migrate` did (or would do, dry_run): run ids migrated, and the files rewritten."""
+
+    runs: list[str] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+    current: int = 0  # runs already at this schema version
+
+    def text(self, *, dry_run: bool) -> str:
+        verb = "would migrate" if dry_run else "migrated"
+        lines = [f"{verb} {len(self.runs)} run(s) to schema version {SCHEMA_VERSION}; "
+                 f"{self.current} run(s) already at version {SCHEMA_VERSION}"]
+        lines += [f"  {'would rewrite' if dry_run else 'rewrote'}: {path}" for path in self.files]
+        return "\n".join(lines)
+
+
+def migrate(output: str, *, dry_run: bool = False) -> Migration:
+    """Rewrite every run of schema version 1 of `output` to the current version (idempotent)."""
+    filesystem, root, is_local = commit.resolve(output)
+    if _kind(filesystem, root) != pafs.FileType.Directory:
+        raise InputError(f"The output {output!r} does not exist (or is not a directory): nothing to migrate.")
+    if not dry_run:
+        commit.recover(output)  # interrupted commits (of either version) are finished first, then migrated
+    versions = run_versions(output)
+    newer = sorted(r for r, v in versions.items() if v != SCHEMA_VERSION and not _older(v))
+    if newer:
+        raise InputError(f"The output {output!r} holds run(s) {format_examples(newer)} of schema version "
+                         f"{versions[newer[0]]}, newer than this version's {SCHEMA_VERSION}: nothing to migrate "
+                         "with this version of the project.")
+    done = Migration(current=sum(v == SCHEMA_VERSION for v in versions.values()))
+    for run_id in sorted(r for r, v in versions.items() if _older(v)):
+        files = [_part(root, "metrics", run_id), _part(root, "runs", run_id)]  # the runs entry last
+        if dry_run:
+            done.runs.append(run_id)
+            done.files += [p for p in files if _kind(filesystem, p) == pafs.FileType.File]
+            continue
+        try:
+            with locks.commit_lock(output, filesystem, root, run_id, owner=f"migrate of {run_id}"):
+                done.files += _migrate_run(filesystem, files, is_local)
+        except locks.LockBusy as exc:
+            raise InputError(f"Run {run_id!r} of {output!r} is being committed right now by "
+                             f"{locks.describe(exc.holder)}; it was not migrated. Rerun {command(output)} "
+                             "when that commit is done.") from None
+        done.runs.append(run_id)
+        log.info("migrated run %s to schema version %s", run_id, SCHEMA_VERSION)
+    return done
+
+
+def _migrate_run(filesystem: pafs.FileSystem, files: list[str], is_local: bool) -> list[str]:
+    """Rewrite a run's metrics file and then its runs entry, each only if still at version 1."""
+    rewritten = []
+    metrics_path, runs_path = files
+    if _kind(filesystem, metrics_path) == pafs.FileType.File and _older(file_version(filesystem, metrics_path)):
+        seen: set[tuple] = set()
+        _rewrite(filesystem, metrics_path, lambda batch: metrics_v2(batch, seen), is_local)
+        rewritten.append(metrics_path)
+    if _older(file_version(filesystem, runs_path, runs_entry=True)):
+        _rewrite(filesystem, runs_path, runs_v2, is_local)
+        rewritten.append(runs_path)
+    return rewritten
+
+
+def metrics_v2(batch: pa.RecordBatch, seen: set[tuple]) -> pa.RecordBatch:
+    """Version 1 metrics rows -> version 2: a total's region 'all' -> null (the first row of its (split,
+    target, metric) in the file; `seen` carries those keys across the file's batches), target 'all' -> null."""
+    region, target = batch.column("region"), batch.column("target")
+    total = np.zeros(batch.num_rows, dtype=bool)
+    named_all = np.flatnonzero(pc.fill_null(pc.equal(region, OLD_TOTAL), False).to_numpy(zero_copy_only=False))
+    keys = batch.select(["split", "target", "metric"]).take(pa.array(named_all, pa.int64())).to_pylist()
+    for i, row in zip(named_all, keys):
+        key = tuple(row.values())
+        if key not in seen:  # written first: the total; a later one is a region called 'all'
+            seen.add(key)
+            total[i] = True
+    null = pa.scalar(None, pa.string())
+    columns = {name: batch.column(name) for name in batch.schema.names}
+    columns["region"] = pc.if_else(pa.array(total), null, region)
+    columns["target"] = pc.if_else(pc.fill_null(pc.equal(target, OLD_TOTAL), False), null, target)
+    return pa.record_batch(list(columns.values()), schema=batch.schema)
+
+
+def runs_v2(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """A version 1 runs entry -> version 2: without its run_id column (the folder name holds it)."""
+    keep = [name for name in batch.schema.names if name != "run_id"]
+    return batch.select(keep)
+
+
+def _rewrite(filesystem: pafs.FileSystem, path: str, change, is_local: bool) -> None:
+    """Replace the Parquet file `path` whole by its batches passed through `change`, with its metadata's
+    schema version set to the current one (and the old one recorded)."""
+    with filesystem.open_input_file(path) as source:
+        reader = pq.ParquetFile(source)
+        old = reader.schema_arrow
+        metadata = dict(old.metadata or {})
+        metadata[MIGRATED_KEY] = metadata.get(VERSION_KEY, b"1")
+        metadata[VERSION_KEY] = SCHEMA_VERSION.encode()
+        schema = change(pa.RecordBatch.from_pylist([], schema=old)).schema.remove_metadata().with_metadata(metadata)
+        dictionary = [f.name for f in schema if not pa.types.is_floating(f.type)]
+
+        def write(sink):
+            with pq.ParquetWriter(sink, schema, compression="snappy", use_dictionary=dictionary) as writer:
+                for batch in reader.iter_batches(batch_size=BATCH_ROWS):
+                    writer.write_batch(change(batch).replace_schema_metadata(metadata))
+
+        if not is_local:  # one object, visible only when its upload completes
+            with filesystem.open_output_stream(path) as sink:
+                write(sink)
+            return
+        folder, name = os.path.split(path)
+        temporary = os.path.join(folder, f".{name}.{secrets.token_hex(4)}.tmp")  # no reader globs it
+        try:
+            write(temporary)
+            durable.fsync_file(temporary)
+            durable.rename(temporary, path)
+        except BaseException:
+            if os.path.exists(temporary):
+                os.remove(temporary)
+            raise
+
+
+def _older(version: str) -> bool:
+    """An older version this one migrates (anything unknown is left alone: refused, never rewritten)."""
+    return version.isdigit() and int(version) < int(SCHEMA_VERSION)
+
+
+def _part(root: str, dataset: str, run_id: str) -> str:
+    return f"{commit.partition(root, dataset, run_id)}/{commit.PART_FILE}"
+
+
+def _kind(filesystem: pafs.FileSystem, path: str) -> pafs.FileType:
+    return filesystem.get_file_info(path).type

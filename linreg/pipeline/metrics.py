@@ -1,0 +1,169 @@
+"""Evaluation metrics as exact sums over all rows (float64), never averages of batch averages.
+
+`SplitErrors` accumulates, per split, the row count, the squared errors per target and the targets'
+moments, batch by batch. `metric_rows` turns them into the rows of the `metrics` dataset; per-region
+MSEs come from `RegionErrors`, summed by region number in the same pass.
+
+Totals are written as SQL's ROLLUP writes them: region null (over all regions) and target null (over all
+targets), so that a region or a target may be called anything, `all` included.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from linreg.inputs.schema import metrics_schema
+from linreg.models.standardize import Moments
+
+
+class SplitErrors:
+    """Sums for one split: rows, (weighted) sum of squared errors (k,), and target moments for R^2.
+
+    With sample weights the MSE is sum w r^2 / sum w. centred=False gives R^2 the through-the-origin
+    convention (uncentred total sum of squares), used on the training split of a fit without intercept.
+    """
+
+    def __init__(self, n_targets: int, *, centred: bool = True):
+        self.sse = np.zeros(n_targets)
+        self.y = Moments(n_targets)
+        self.centred = centred
+
+    @property
+    def n(self) -> int:
+        return self.y.n
+
+    def update(self, y: np.ndarray, pred: np.ndarray, weight: np.ndarray | None = None) -> None:
+        """y, pred: (m, k) float64; weight (m,) or None."""
+        if len(y):
+            diff = y - pred
+            if weight is None:
+                self.sse += np.einsum("ij,ij->j", diff, diff)
+            else:
+                self.sse += np.einsum("i,ij,ij->j", np.asarray(weight, dtype=np.float64), diff, diff)
+            self.y.update(y, weight)
+
+    @property
+    def mse(self) -> np.ndarray:
+        return self.sse / self.y.weight if self.y.weight > 0 else np.full(len(self.sse), np.nan)
+
+    @property
+    def r2(self) -> np.ndarray:
+        ss_tot = np.diag(self.y.comoment)
+        if not self.centred:
+            ss_tot = ss_tot + self.y.weight * self.y.mean**2
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(ss_tot > 0, 1.0 - self.sse / ss_tot, np.nan)
+
+
+def metric_rows(errors: dict[str, SplitErrors], targets: list[str], *, optimum_rss: np.ndarray | None,
+                stats=None) -> list[dict]:
+    """Rows (split, region=None, target, metric, value) per split and target, and over all targets
+    (target None): the totals over all regions.
+
+    optimum_rss (k,): the exact least-squares residual sum of squares on the training rows, for the
+    optimality gap (trained MSE / optimal MSE) and the excess over the optimum relative to the variance.
+    stats: the model's `linreg.models.statistics.FitStatistics`, for residual_sd, r2_adj, dof and f_statistic per
+    target, and condition_number and design_rank (target None), on the training split.
+    """
+    rows = []
+
+    def add(split, target, metric, value):
+        rows.append({"split": split, "region": None, "target": target, "metric": metric, "value": float(value)})
+
+    for split, acc in errors.items():
+        if acc.n == 0:
+            continue
+        add(split, None, "rows", acc.n)
+        for j, target in enumerate(targets):
+            add(split, target, "mse", acc.mse[j])
+            add(split, target, "rmse", math.sqrt(acc.mse[j]))
+            add(split, target, "r2", acc.r2[j])
+        add(split, None, "mse", acc.mse.mean())
+        add(split, None, "rmse", math.sqrt(acc.mse.mean()))
+        add(split, None, "r2", np.mean(acc.r2))
+        if split == "train" and stats is not None:
+            for j, target in enumerate(targets):
+                add(split, target, "residual_sd", stats.residual_sd[j])
+                add(split, target, "r2_adj", stats.r2_adj[j])
+                add(split, target, "dof", stats.dof)
+                add(split, target, "f_statistic", stats.f_statistic[j])
+            add(split, None, "condition_number", stats.condition_number)
+            add(split, None, "design_rank", stats.design_rank)
+        if split == "train" and optimum_rss is not None:
+            opt_mse = optimum_rss / acc.y.weight
+            variance = np.diag(acc.y.comoment) / acc.y.weight
+            for j, target in enumerate(targets):
+                add(split, target, "optimal_mse", opt_mse[j])
+                add(split, target, "optimality_gap", acc.mse[j] / opt_mse[j] if opt_mse[j] > 0 else math.nan)
+                add(split, target, "excess_mse_ratio", (acc.mse[j] - opt_mse[j]) / variance[j] if variance[j] > 0 else math.nan)
+            total_opt = opt_mse.sum()
+            add(split, None, "optimality_gap", acc.mse.sum() / total_opt if total_opt > 0 else math.nan)
+    return rows
+
+
+class RegionErrors:
+    """Per (split, region) sums for the per-region MSE, by region number (`linreg.inputs.join.REGION_INDEX`):
+    rows, weight and squared errors (k,) in float64 arrays of length 2 * regions (O(regions) memory)."""
+
+    def __init__(self, n_regions: int, n_targets: int):
+        self.rows = np.zeros(2 * n_regions, dtype=np.int64)
+        self.weight = np.zeros(2 * n_regions)
+        self.sse = np.zeros((n_targets, 2 * n_regions))
+
+    def update(self, region: np.ndarray, holdout: np.ndarray, squared_errors: np.ndarray,
+               weight: np.ndarray | None = None) -> None:
+        """region (m,) numbers, holdout (m,) bool, squared_errors (m, k) (unweighted), weight (m,) or None."""
+        code = 2 * region.astype(np.int64) + holdout
+        size = len(self.rows)
+        counts = np.bincount(code, minlength=size)
+        self.rows += counts
+        self.weight += counts if weight is None else np.bincount(code, weights=weight, minlength=size)
+        for j in range(self.sse.shape[0]):
+            column = squared_errors[:, j] if weight is None else squared_errors[:, j] * weight
+            self.sse[j] += np.bincount(code, weights=column, minlength=size)
+
+    def regions_per_split(self) -> dict[str, int]:
+        """How many regions have rows in each split."""
+        return {"train": int(np.count_nonzero(self.rows[0::2])), "holdout": int(np.count_nonzero(self.rows[1::2]))}
+
+    def batches(self, regions: pa.Array | pa.ChunkedArray, targets: list[str],
+                pairs: int = 1 << 16) -> Iterator[pa.RecordBatch]:
+        """The `metrics` rows (split, region, target, metric='mse', value) of every (split, region) with rows,
+        sorted by split and region name, one per target and one over all targets (target null); NaN where every
+        row of the region has weight 0. Record batches of `pairs` (split, region) pairs, built column-wise
+        from integer codes (dictionary arrays cast to text): millions of regions take a second, and the
+        memory of one batch beyond 8 bytes a region."""
+        codes = np.flatnonzero(self.rows)
+        k, each = len(targets), len(targets) + 1
+        names = pc.cast(pa.chunked_array([regions]) if isinstance(regions, pa.Array) else regions, pa.string())
+        name_rank = np.empty(len(names), dtype=np.int64)  # each region's place in name order
+        name_rank[pc.sort_indices(names).to_numpy()] = np.arange(len(names))
+        # "holdout" sorts before "train"; a stable sort keeps regions with the same name in number order
+        codes = codes[np.argsort((1 - codes % 2) * len(names) + name_rank[codes // 2], kind="stable")]
+        del name_rank
+        text = lambda indices, words, mask=None: pa.DictionaryArray.from_arrays(  # noqa: E731
+            pa.array(indices, type=pa.int8(), mask=mask), pa.array(words)).cast(pa.string())
+        for start in range(0, len(codes), pairs):
+            part = codes[start:start + pairs]
+            weight = np.where(self.weight[part] > 0, self.weight[part], np.nan)
+            sse = self.sse[:, part]
+            values = np.vstack([sse / weight, sse.sum(axis=0) / (weight * k)]).T  # (pairs, k + 1)
+            target = np.tile(np.arange(each, dtype=np.int8), len(part))
+            total = target == k  # the row over all targets: target null
+            target[total] = 0
+            yield pa.record_batch({
+                "split": text(np.repeat((part % 2).astype(np.int8), each), ["train", "holdout"]),
+                "region": names.take(pa.array(np.repeat(part // 2, each))).combine_chunks(),
+                "target": text(target, list(targets), total),
+                "metric": text(np.zeros(len(part) * each, dtype=np.int8), ["mse"]),
+                "value": pa.array(values.ravel()),
+            }, schema=metrics_schema())
+
+    def table(self, regions: pa.Array | pa.ChunkedArray, targets: list[str]) -> pa.Table:
+        """`batches` as one table."""
+        return pa.Table.from_batches(list(self.batches(regions, targets)), schema=metrics_schema())

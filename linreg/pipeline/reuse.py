@@ -1,0 +1,84 @@
+"""Skip retraining when nothing changed (TrainConfig.skip_if_unchanged).
+
+A committed run is reused when its input fingerprint (every input file's path, size and modification
+time, and each table's schema: `linreg.inputs.tables.fingerprint`, from listings and Parquet footers, no data read)
+and its configuration (all fields except run_id, output and skip_if_unchanged) equal this run's, and all
+its partitions are present. Tensors and tables are never hashed: equal fingerprints mean equal bytes as
+far as the filesystem tells, which is what makes the reuse trustworthy and cheap.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+from pydantic import ValidationError
+
+from linreg.outputs import commit
+from linreg import redact
+from linreg.outputs import runindex
+from linreg.config import TrainConfig
+from linreg.inputs.tables import fingerprint, open_table
+from linreg.inputs.join import JoinResult
+from linreg.outputs.migrate import check_schema_version
+from linreg.pipeline.steps import RunSummary, total_mse
+
+IGNORED = ("run_id", "output", "skip_if_unchanged")  # fields that do not change what a run computes
+
+
+def comparable(config: dict) -> dict | None:
+    """The configuration as it affects the results (defaults filled in); None if it no longer parses."""
+    try:
+        # redacted: a URI's credentials do not change what a run computes (linreg/redact.py)
+        full = TrainConfig.model_validate({k: redact.redact_config(v) for k, v in config.items()
+                                           if k not in IGNORED})
+    except ValidationError:
+        return None  # written by an older version with fields that no longer exist: never equal
+    return {k: v for k, v in full.model_dump(mode="json").items() if k not in IGNORED}
+
+
+def find_unchanged_run(config: TrainConfig) -> dict | None:
+    """The newest complete committed run of config.output with the same inputs and configuration, or None."""
+    check_schema_version(config.output)  # runs of an older layout are migrated first, never reused as they are
+    weather, yields = open_table(config.weather, "weather"), open_table(config.yields, "yields")
+    digest = fingerprint([weather, yields])["sha256"]
+    wanted = comparable(config.model_dump(mode="json"))
+    for row in reversed(runindex.read_runs(config.output)):
+        if row["input_fingerprint"] == digest and comparable(json.loads(row["config"])) == wanted \
+                and _complete(config.output, row["run_id"]):
+            return row
+    return None
+
+
+def _complete(output: str, run_id: str) -> bool:
+    filesystem, root, _ = commit.resolve(output)
+    return all(filesystem.get_file_info(f"{commit.partition(root, d, run_id)}/{commit.PART_FILE}").type
+               == pafs.FileType.File for d in commit.DATASETS)
+
+
+def committed_summary(output: str, row: dict) -> RunSummary:
+    """The RunSummary of a committed run, rebuilt from its runs-index row, metrics and weights."""
+    filesystem, root, is_local = commit.resolve(output)
+    run_id = row["run_id"]
+
+    def read(dataset):
+        return pq.read_table(f"{commit.partition(root, dataset, run_id)}/{commit.PART_FILE}",
+                             filesystem=filesystem).to_pylist()
+
+    metric_rows, weight_rows = read("metrics"), read("weights")
+    mse, mean_mse = total_mse(metric_rows)
+    regions = {}
+    for r in metric_rows:  # one row over all targets (target null) per region with rows in the split
+        if r["metric"] == "mse" and r["region"] is not None and r["target"] is None:
+            regions[r["split"]] = regions.get(r["split"], 0) + 1
+    weights: dict[str, dict[str, float]] = {}
+    for w in weight_rows:
+        weights.setdefault(w["target"], {})[w["term"]] = w["weight"]
+    prefix = "" if is_local else output.split("://", 1)[0] + "://"
+    return RunSummary(run_id=run_id, trainer=row["trainer"],
+                      output={d: prefix + commit.partition(root, d, run_id) for d in commit.DATASETS},
+                      joined=JoinResult(path="", weather_rows=row["weather_rows"], yields_rows=row["yields_rows"],
+                                        joined_rows=row["joined_rows"]),
+                      rows={"train": row["train_rows"], "holdout": row["holdout_rows"]}, regions=regions, mse=mse,
+                      weights=weights, mean_mse=mean_mse)
