@@ -9,7 +9,7 @@ import traceback
 from typing import Callable
 
 from linreg import redact
-from linreg.errors import EXIT_FAILURE, EXIT_OK, InputError
+from linreg.errors import EXIT_FAILURE, EXIT_OK, InputError, report_error
 
 
 def run(action: Callable[[], str | int]) -> int:
@@ -21,8 +21,7 @@ def run(action: Callable[[], str | int]) -> int:
         if isinstance(text, int):
             return text
     except InputError as exc:
-        print(redact.redact(f"error: {exc}"), file=sys.stderr)
-        return exc.exit_code
+        return report_error(exc)
     except Exception:
         print(redact.redact("unexpected failure (not an input problem):\n" + traceback.format_exc()),
               file=sys.stderr)

@@ -15,8 +15,8 @@ import argparse
 import sys
 
 from flows import cli
-from linreg.outputs import migrate
 from linreg.errors import EXIT_BAD_INPUT, EXIT_FAILURE
+from linreg.outputs import migrate
 
 
 def build_parser() -> argparse.ArgumentParser:

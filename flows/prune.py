@@ -10,17 +10,31 @@ Exit codes: 0 success, 2 bad input, 1 anything else.
 
 from __future__ import annotations
 
-import argparse
 import sys
+from typing import Optional
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
+from pydantic import BaseModel, ConfigDict, Field
 
 from flows import cli
-from linreg.outputs import retention
 from linreg import redact
-from linreg.errors import EXIT_BAD_INPUT, EXIT_FAILURE
+from linreg.config import build_parser, cli_option, config_from_args
+from linreg.outputs import retention
 from tasks.prune_steps import prune_runs
+
+
+class PruneConfig(BaseModel):
+    """The prune flow's parameters, as its command line takes them: exactly one of keep_last, older_than_days."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    output: str = Field("output", description="Output root holding the runs.")
+    keep_last: Optional[int] = Field(None, description="Keep the N most recently finished runs.",
+                                     json_schema_extra=cli_option(metavar="N", one_of="which"))
+    older_than_days: Optional[float] = Field(None, description="Remove runs that finished more than DAYS days ago.",
+                                             json_schema_extra=cli_option("--older-than", metavar="DAYS", one_of="which"))
+    dry_run: bool = Field(False, description="List what would be removed; remove nothing.")
 
 
 def _run_name() -> str:
@@ -36,24 +50,15 @@ def prune(output: str = "output", keep_last: int | None = None, older_than_days:
     return prune_runs(redact.protect(output), keep_last, older_than_days, dry_run)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m flows.prune", description=__doc__.split("\n\n")[0],
-                                     epilog=f"Exit codes: 0 success; {EXIT_BAD_INPUT} bad input; {EXIT_FAILURE} "
-                                            "any other failure.")
-    parser.add_argument("--output", default="output", help="Output root holding the runs (default: output).")
-    which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--keep-last", type=int, metavar="N", help="Keep the N most recently finished runs.")
-    which.add_argument("--older-than", type=float, metavar="DAYS", dest="older_than_days",
-                       help="Remove runs that finished more than DAYS days ago.")
-    parser.add_argument("--dry-run", action="store_true", help="List what would be removed; remove nothing.")
-    return parser
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return cli.run(lambda: retention.prune(args.output, keep_last=args.keep_last,
-                                           older_than_days=args.older_than_days,
-                                           dry_run=args.dry_run).text(dry_run=args.dry_run))
+    args = build_parser("python -m flows.prune", __doc__.split("\n\n")[0], PruneConfig).parse_args(argv)
+
+    def action() -> str:
+        config = config_from_args(args, PruneConfig)
+        return retention.prune(config.output, keep_last=config.keep_last, older_than_days=config.older_than_days,
+                               dry_run=config.dry_run).text(dry_run=config.dry_run)
+
+    return cli.run(action)
 
 
 if __name__ == "__main__":

@@ -25,56 +25,46 @@ if __name__ == "__main__" and "RANK" in os.environ and "LOCAL_RANK" in os.enviro
     from linreg.launch.job import rank_main
 
     sys.exit(rank_main(sys.argv[1:]))
-if __name__ == "__main__" and any(a.split("=")[0] in ("--nproc-per-node", "--nnodes") for a in sys.argv[1:]):
-    from linreg.launch.torchrun import cli_main  # launch torchrun; Prefect is not needed (nor imported) for that
+if __name__ == "__main__":
+    from linreg.config import argv_launches_ranks
 
-    sys.exit(cli_main(sys.argv[1:]))
+    if argv_launches_ranks(sys.argv[1:]):  # TrainConfig.launches_ranks, from the flags alone
+        from linreg.launch.torchrun import cli_main  # launch torchrun; Prefect is not needed (nor imported) for that
+
+        sys.exit(cli_main(sys.argv[1:]))
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
 from flows import cli
+from linreg import redact
+from linreg.config import TrainConfig, build_parser, config_from_args, decide_run_id
 from linreg.outputs import destination
 from linreg.pipeline import steps
-from linreg import redact
-from linreg.config import TrainConfig, build_parser, config_from_args
 from tasks.dist_steps import run_job
-from tasks.train_steps import (commit_run, evaluate_model, find_unchanged_run, fit_model, join_inputs, plan_run,
-                               publish_artifacts, split_rows, write_report)
-
-# Run ids chosen when the flow run is named (a deployment run passes no run_id), keyed by flow run id, so
-# that the name and the outputs carry the same id.
-_NEW_RUN_IDS: dict[str, str] = {}
+from tasks.run_ids import flow_run_id
+from tasks.train_steps import (commit_run, discard_run, evaluate_model, find_unchanged_run, fit_model, join_inputs,
+                               plan_run, publish_artifacts, publish_reuse, split_rows, write_report)
 
 
 def _run_name() -> str:
     config = flow_run.parameters.get("config")
-    config = TrainConfig.model_validate(config) if isinstance(config, dict) else config
-    if config is None:
-        config = TrainConfig()
-    run_id = config.run_id or _NEW_RUN_IDS.setdefault(str(flow_run.id), steps.new_run_id())
-    return f"train-{config.trainer}-{run_id}"
+    config = TrainConfig.model_validate(config) if isinstance(config, dict) else (config or TrainConfig())
+    return f"train-{config.trainer}-{flow_run_id(config.run_id)}"
 
 
 @flow(name="train", flow_run_name=_run_name, validate_parameters=True)
 def train(config: TrainConfig = TrainConfig()) -> steps.RunSummary:
     """One training run: plan, validate and join, split, train, evaluate, commit; then its report and artifacts."""
     config = redact.protect_parameters(config, get_run_logger())
-    run_id = config.run_id or _NEW_RUN_IDS.pop(str(flow_run.id), None) or steps.new_run_id()
-    config = config.model_copy(update={"run_id": run_id})
+    config = config.model_copy(update={"run_id": flow_run_id(config.run_id)})  # the id in the flow run's name
     if config.skip_if_unchanged:
         previous = find_unchanged_run(config)
         if previous is not None:
-            get_run_logger().info("run %s: inputs and configuration unchanged since run %s: not retrained",
-                                  run_id, previous.run_id)
-            create_markdown_artifact(key="train-summary", description=f"Run {run_id}: reused {previous.run_id}",
-                                     markdown=f"# Run {run_id}: not retrained\n\nInputs and configuration equal "
-                                              f"those of committed run **{previous.run_id}**; its outputs stand.\n")
-            return previous
+            return publish_reuse(config, previous)
     plan = plan_run(config)
     try:
-        if config.nproc_per_node is not None or config.nnodes > 1:  # ranks launched by torchrun (tasks/dist_steps.py)
+        if config.launches_ranks:  # ranks launched by torchrun (tasks/dist_steps.py)
             joined, fit, evaluation = run_job(plan)
         else:
             joined = join_inputs(plan)
@@ -83,7 +73,7 @@ def train(config: TrainConfig = TrainConfig()) -> steps.RunSummary:
             evaluation = evaluate_model(plan, joined, split, fit)
         summary = commit_run(plan, joined, fit, evaluation)
     except BaseException:
-        steps.discard(plan)
+        discard_run(plan)
         raise
     paths = write_report(plan, fit)
     publish_artifacts(plan, summary, evaluation, paths)
@@ -97,12 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     def action() -> str | int:
         config = redact.protect_config(config_from_args(args))  # the flow and Prefect see only redacted URIs
         destination.check_writable(config.output)  # a wrong --output fails at once, before Prefect or torchrun start
-        if config.nproc_per_node is not None or config.nnodes > 1:  # launch the ranks with torchrun
+        if config.launches_ranks:  # launch the ranks with torchrun
             from linreg.launch import torchrun
 
             return torchrun.cli(config, sys.argv[1:] if argv is None else list(argv))
-        if config.run_id is None:
-            config = config.model_copy(update={"run_id": steps.new_run_id()})
+        config = config.model_copy(update={"run_id": decide_run_id(config.run_id)})
         summary = train(config)
         reused = summary.run_id != config.run_id
         return (f"inputs and configuration unchanged since run {summary.run_id}: not retrained "

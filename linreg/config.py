@@ -8,15 +8,17 @@ has a default and a one-line reason. Unknown keys are an error.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import os
 import re
+import secrets
 import types
 import typing
 from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from linreg.errors import EXIT_BAD_INPUT, EXIT_FAILURE, InputError
+from linreg.errors import EXIT_BAD_INPUT, EXIT_CONFLICT, EXIT_FAILURE, InputError
 
 # Not nan, inf, infinity, true, false or epoch (any case): Polars' hive partitioning reads some as numbers or
 # booleans, DuckDB's as dates and Spark's as doubles, so run_id would not be text in every reader.
@@ -24,8 +26,50 @@ RUN_ID_PATTERN = re.compile(r"^(?!(?i:nan|inf|infinity|true|false|epoch)$)"
                             r"(?:[A-Za-z][A-Za-z0-9._-]*|\d{8}T\d{6}Z-[0-9a-f]{4,})$")
 
 
-def _cli(flag: str | None = None, *, negate: str | None = None, metavar: str | None = None) -> dict:
-    return {"cli": {"flag": flag, "negate": negate, "metavar": metavar}}
+def check_run_id(run_id: str | None) -> str | None:
+    """A run id (training or scoring) as given, or ValueError when a reader could take it for something else."""
+    if run_id is not None and not RUN_ID_PATTERN.match(run_id):
+        raise ValueError(f"{run_id!r} is not a valid run id: it must match [A-Za-z][A-Za-z0-9._-]* and not be "
+                         "nan, inf, infinity, true, false or epoch (text that no reader mistakes for a number, "
+                         "a boolean or a date)")
+    return run_id
+
+
+def decide_run_id(given: str | None, *, at: dt.datetime | None = None, token: str | None = None) -> str:
+    """The id of a run: `given`, else a new one, the UTC time `at` (default: now) and a hex `token` (default:
+    4 random hex digits), e.g. 20261123T021500Z-3f9a. The one place a run's id is decided."""
+    if given:
+        return check_run_id(given)
+    at = (at or dt.datetime.now(dt.timezone.utc)).astimezone(dt.timezone.utc)
+    return at.strftime("%Y%m%dT%H%M%SZ") + "-" + (token or secrets.token_hex(2))
+
+
+def launches_ranks(nproc_per_node, nnodes) -> bool:
+    """Whether a run launches ranks with torchrun: ranks per machine given, or more than one machine."""
+    return nproc_per_node is not None or int(nnodes) > 1
+
+
+def argv_launches_ranks(argv: list[str]) -> bool:
+    """`launches_ranks` of a flows.train command line, from its two flags alone (cheap: no validation; a
+    value that is not a number counts as not launching, and the full parser then reports it)."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)
+    parser.add_argument("--nproc-per-node")
+    parser.add_argument("--nnodes", default="1")
+    try:
+        flags, _ = parser.parse_known_args(argv)
+        return launches_ranks(flags.nproc_per_node, flags.nnodes)
+    except (argparse.ArgumentError, ValueError):
+        return False
+
+
+def _cli(flag: str | None = None, *, negate: str | None = None, metavar: str | None = None,
+         one_of: str | None = None) -> dict:
+    """How `build_parser` offers a field: its flag, a negating flag, a metavar; fields with the same `one_of`
+    form a group of which the command line takes exactly one."""
+    return {"cli": {"flag": flag, "negate": negate, "metavar": metavar, "one_of": one_of}}
+
+
+cli_option = _cli  # for configuration models defined elsewhere (flows/prune.py)
 
 
 class TrainConfig(BaseModel):
@@ -147,11 +191,12 @@ class TrainConfig(BaseModel):
     @field_validator("run_id")
     @classmethod
     def _run_id_text(cls, run_id: str | None) -> str | None:
-        if run_id is not None and not RUN_ID_PATTERN.match(run_id):
-            raise ValueError(f"{run_id!r} is not a valid run id: it must match [A-Za-z][A-Za-z0-9._-]* and not be "
-                             "nan, inf, infinity, true, false or epoch (text that no reader mistakes for a number, "
-                             "a boolean or a date)")
-        return run_id
+        return check_run_id(run_id)
+
+    @property
+    def launches_ranks(self) -> bool:
+        """Whether this run launches its ranks with torchrun (`launches_ranks`)."""
+        return launches_ranks(self.nproc_per_node, self.nnodes)
 
     @field_validator("memory_budget")
     @classmethod
@@ -216,15 +261,21 @@ def _help(text: str) -> str:
     return text.replace("%", "%%")
 
 
-def build_parser(prog: str = "python -m flows.train", description: str | None = None) -> argparse.ArgumentParser:
-    """An argparse parser with one option per TrainConfig field (plus launcher options added by callers)."""
+def build_parser(prog: str = "python -m flows.train", description: str | None = None,
+                 model: type[BaseModel] = TrainConfig) -> argparse.ArgumentParser:
+    """An argparse parser with one option per field of a pydantic configuration `model` (TrainConfig, a
+    ScoreConfig, ...): --field-name, or the flag, negating flag, metavar and group of the field's `_cli`."""
     parser = argparse.ArgumentParser(
         prog=prog, description=description,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         epilog=f"Exit codes: 0 success; {EXIT_BAD_INPUT} bad input (data, configuration or command line); "
-               f"{EXIT_FAILURE} any other failure.")
-    for name, field in TrainConfig.model_fields.items():
+               f"{EXIT_CONFLICT} run id conflict; {EXIT_FAILURE} any other failure.")
+    groups: dict[str, argparse._MutuallyExclusiveGroup] = {}
+    for name, field in model.model_fields.items():
         extra = (field.json_schema_extra or {}).get("cli", {}) if isinstance(field.json_schema_extra, dict) else {}
+        if extra.get("one_of") and extra["one_of"] not in groups:
+            groups[extra["one_of"]] = parser.add_mutually_exclusive_group(required=True)
+        target = groups.get(extra.get("one_of"), parser)
         if field.annotation is bool and field.default is False and not extra.get("negate"):
             parser.add_argument("--" + name.replace("_", "-"), dest=name, action="store_true",
                                 default=argparse.SUPPRESS, help=_help(field.description))
@@ -243,27 +294,59 @@ def build_parser(prog: str = "python -m flows.train", description: str | None = 
             kwargs["metavar"] = "A,B,..."
         elif item_type in (int, float, str):
             kwargs["type"] = item_type
+        if extra.get("metavar"):
+            kwargs["metavar"] = extra["metavar"]
         if field.default is not None and not isinstance(field.default, bool):
             shown = ",".join(map(str, field.default)) if isinstance(field.default, list) else field.default
             kwargs["help"] = _help(f"{field.description} (default: {shown})")
-        parser.add_argument(*dict.fromkeys(flags), **kwargs)
+        target.add_argument(*dict.fromkeys(flags), **kwargs)
     return parser
 
 
-def config_from_args(namespace: argparse.Namespace) -> TrainConfig:
-    """TrainConfig from parsed arguments; bad values become an InputError naming the option."""
-    values = {k: v for k, v in vars(namespace).items() if k in TrainConfig.model_fields}
-    return make_config(**values)
+def config_from_args(namespace: argparse.Namespace, model: type[BaseModel] = TrainConfig):
+    """A `model` configuration (TrainConfig by default) from parsed arguments; bad values become an
+    InputError naming the option."""
+    return validated(model, {k: v for k, v in vars(namespace).items() if k in model.model_fields})
 
 
 def make_config(**values) -> TrainConfig:
     """TrainConfig(**values), with pydantic's errors turned into one readable InputError."""
+    return validated(TrainConfig, values)
+
+
+def validated(model: type[BaseModel], values: dict):
+    """model(**values), with pydantic's errors turned into one InputError naming each option."""
     try:
-        return TrainConfig(**values)
+        return model(**values)
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
             where = ".".join(str(p) for p in err["loc"]) or "configuration"
-            option = "--" + where.replace("_", "-") if where in TrainConfig.model_fields else where
+            option = "--" + where.replace("_", "-") if where in model.model_fields else where
             problems.append(f"{option}: {err['msg']}")
         raise InputError("Invalid configuration: " + "; ".join(problems) + ".") from None
+
+
+# What a run's result does not depend on. One rule, used by --skip-if-unchanged (`linreg.pipeline.reuse`) and
+# by resuming from a snapshot (`linreg.outputs.snapshot.identity`): two configurations that differ only in these
+# fields train the same weights, bit for bit.
+# - Naming and bookkeeping: run_id, output, skip_if_unchanged.
+# - How the job is launched and supervised: node_rank, rdzv_endpoint, rdzv_id, max_restarts, snapshot_every,
+#   resume, dist_timeout_seconds.
+# Not here, for any trainer: nproc_per_node and nnodes (the rank count shards the rows: the gradient trainers'
+# per-rank shuffles, the step shares and the order of every merged sum depend on it) and memory_budget (it
+# decides between in-memory and streamed epochs and sizes the shuffle buffer of the gradient trainers; for
+# exact it sets the join's bucket count, hence the order in which rows are summed).
+NON_RESULT_FIELDS = frozenset({"run_id", "output", "skip_if_unchanged", "node_rank", "rdzv_endpoint", "rdzv_id",
+                               "max_restarts", "snapshot_every", "resume", "dist_timeout_seconds"})
+
+
+def config_default(name: str):
+    """TrainConfig's default of field `name`: the one place a default is written (TrainOptions,
+    LinearRegression and the exact solver take theirs from here)."""
+    return TrainConfig.model_fields[name].default
+
+
+def result_fields(config: dict) -> dict:
+    """The fields of a dumped TrainConfig (`model_dump(mode="json")`) that can change its result."""
+    return {name: value for name, value in config.items() if name not in NON_RESULT_FIELDS}

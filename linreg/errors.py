@@ -1,6 +1,11 @@
 """Errors a user can act on. Anything else is a bug or an environment failure."""
 
+from __future__ import annotations
+
 import errno
+import sys
+
+from linreg import redact
 
 EXIT_OK = 0
 EXIT_FAILURE = 1     # anything unexpected: a bug, a disk or network failure
@@ -19,6 +24,13 @@ class RunConflictError(InputError):
     this one is not committed. Rerun it (it then replaces the other) or choose another run id."""
 
     exit_code = EXIT_CONFLICT
+
+
+def first_line(exc: BaseException, limit: int | None = None) -> str:
+    """The first line of an exception's text for a one-paragraph message (credentials redacted, at most
+    `limit` characters); the exception's type name when it has no text."""
+    text = redact.redact(str(exc).strip())
+    return text.splitlines()[0][:limit] if text else type(exc).__name__
 
 
 def format_examples(values, limit: int = 5) -> str:
@@ -43,3 +55,10 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, InputError) or not isinstance(exc, OSError):
         return False
     return isinstance(exc, TransientIOError) or exc.errno not in _PERMANENT_ERRNOS
+
+
+def report_error(exc: BaseException, prefix: str = "") -> int:
+    """Print '<prefix>error: <message>' (credentials redacted) to stderr; return the exception's exit code
+    (an InputError's: 2 for bad input; anything else: 1). What every command line does with a known error."""
+    print(redact.redact(f"{prefix}error: {exc}"), file=sys.stderr)
+    return getattr(exc, "exit_code", EXIT_FAILURE)

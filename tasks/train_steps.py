@@ -9,18 +9,16 @@ from __future__ import annotations
 
 import time
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from linreg.pipeline import reuse
-from linreg.pipeline import steps
 from linreg import redact
-from linreg.pipeline import report
 from linreg.config import TrainConfig
-from linreg.models.fit import FitResult
-from linreg.inputs.join import JoinResult
 from linreg.inputs.holdout import Split
+from linreg.inputs.join import JoinResult
+from linreg.models.fit import FitResult
+from linreg.pipeline import report, reuse, steps
 from tasks.retry import STORAGE_RETRIES, log_step
 
 
@@ -115,6 +113,24 @@ def find_unchanged_run(config: TrainConfig) -> steps.RunSummary | None:
     row = reuse.find_unchanged_run(config)
     log_step(config.run_id, "check-unchanged", started, f"reusing run {row['run_id']}" if row else "no equal run")
     return reuse.committed_summary(config.output, row) if row else None
+
+
+@task(name="reuse", task_run_name="reuse-{config.run_id}", cache_policy=NO_CACHE)
+def publish_reuse(config: TrainConfig, previous: steps.RunSummary) -> steps.RunSummary:
+    """Run `config.run_id` reuses the committed run `previous` (--skip-if-unchanged): say so in the log and
+    in the run's markdown artifact; return `previous`, whose outputs stand."""
+    get_run_logger().info("run %s: inputs and configuration unchanged since run %s: not retrained",
+                          config.run_id, previous.run_id)
+    create_markdown_artifact(key="train-summary", description=f"Run {config.run_id}: reused {previous.run_id}",
+                             markdown=f"# Run {config.run_id}: not retrained\n\nInputs and configuration equal "
+                                      f"those of committed run **{previous.run_id}**; its outputs stand.\n")
+    return previous
+
+
+@task(name="discard", task_run_name="discard-{plan.run_id}", cache_policy=NO_CACHE)
+def discard_run(plan: steps.RunPlan) -> None:
+    """After a failed step: remove the run's staging area and work directory; committed runs are untouched."""
+    steps.discard(plan)
 
 
 def _width(plan: steps.RunPlan) -> int:

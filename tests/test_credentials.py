@@ -29,16 +29,13 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from linreg.pipeline import reuse
-from linreg.inputs import tables
-from linreg.launch import job
-from linreg.pipeline import steps
 from linreg import redact
-from linreg.outputs import runindex
-from linreg.pipeline import scoring
-from linreg.outputs import snapshot
 from linreg.config import make_config
 from linreg.errors import InputError
+from linreg.inputs import tables
+from linreg.launch import job
+from linreg.outputs import runindex, snapshot
+from linreg.pipeline import reuse, scoring, steps
 from tests.conftest import REPO
 from tests.helpers import linear_tables, stop_process_group
 

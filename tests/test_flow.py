@@ -44,6 +44,25 @@ def test_flow_runs_every_step_under_prefect(prefect_server, tmp_path):
     assert all(t.state.is_completed() for t in tasks)
 
 
+def test_a_run_without_a_run_id_carries_the_same_new_id_in_its_name_its_tasks_and_its_outputs(prefect_server, tmp_path):
+    """As a deployment's run does: the id is decided from the flow run itself (`tasks.run_ids`)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from linreg.config import RUN_ID_PATTERN
+
+    w, y, _, _ = linear_tables(tmp_path)
+    state = train(make_config(weather=w, yields=y, output=str(tmp_path / "out")), return_state=True)
+    run_id = state.result().run_id
+    assert RUN_ID_PATTERN.match(run_id) and run_id[0].isdigit()
+    assert os.listdir(tmp_path / "out" / "runs") == [f"run_id={run_id}"]
+    with get_client(sync_client=True) as client:
+        flow_run = client.read_flow_run(state.state_details.flow_run_id)
+        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])))
+    assert flow_run.name == f"train-exact-{run_id}"
+    assert tasks and all(t.name.endswith(f"-{run_id}") for t in tasks)
+
+
 def test_flow_fails_with_the_input_error_and_writes_nothing(prefect_server, tmp_path):
     w = write(tmp_path / "w.parquet", region=["a", "b"], year=[1, 1], temp=[1.0, float("nan")],
               rainfall=[1.0, 2.0], humidity=[1.0, 2.0])
@@ -62,13 +81,17 @@ def _cli(args, cwd):
 
 
 def test_cli_help_documents_every_option_and_exit_codes(tmp_path):
+    from linreg.config import TrainConfig
+
     result = _cli(["--help"], tmp_path)
     assert result.returncode == 0
-    for option in ("--weather", "--yields", "--features", "--targets", "--keys", "--trainer", "--holdout-regions",
-                   "--holdout-fraction", "--holdout-from-year", "--epochs", "--lr", "--batch-size", "--seed",
-                   "--device", "--no-intercept", "--no-standardize", "--output", "--run-id", "--max-drop-fraction"):
-        assert option in result.stdout
-    assert "Exit codes: 0 success; 2 bad input" in " ".join(result.stdout.split())
+    text, packed = " ".join(result.stdout.split()), "".join(result.stdout.split())  # argparse wraps at hyphens too
+    for name, field in TrainConfig.model_fields.items():  # every field of the one configuration, by its flag
+        extra = field.json_schema_extra.get("cli", {}) if isinstance(field.json_schema_extra, dict) else {}
+        flag = extra.get("negate") or extra.get("flag") or "--" + name.replace("_", "-")
+        assert flag in result.stdout, f"--help does not offer {name} ({flag})"
+        assert "".join(field.description.split()[:6]) in packed, f"--help does not explain {flag}"
+    assert "Exit codes: 0 success; 2 bad input" in text
 
 
 def test_cli_with_no_arguments_trains_on_the_sample(tmp_path):

@@ -9,12 +9,10 @@ from pathlib import Path
 import pytest
 
 from flows.prune import main as prune_main
-from linreg.pipeline import steps
-from linreg.outputs import retention
-from linreg.pipeline import report
-from linreg.outputs import runindex
 from linreg.config import make_config
 from linreg.errors import InputError
+from linreg.outputs import retention, runindex
+from linreg.pipeline import report, steps
 from tests.conftest import SAMPLE
 
 IDS = ("r1", "r2", "r3", "r4")  # committed in this order

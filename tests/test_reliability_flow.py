@@ -237,8 +237,8 @@ def raw_partitions(out: Path) -> dict:
 
 def earlier_run(out: Path) -> dict:
     """Commit an earlier run (exact trainer, another id) in `out`; return its published files' digests."""
-    from linreg.pipeline import steps
     from linreg.config import make_config
+    from linreg.pipeline import steps
 
     steps.run(make_config(weather=str(SAMPLE / "weather.parquet"), yields=str(SAMPLE / "yields.parquet"),
                              output=str(out), run_id="earlier"))
@@ -299,8 +299,8 @@ def test_killed_mid_commit_shows_no_partial_run_and_the_rerun_equals_an_uninterr
     out = tmp_path / "out"
     before = earlier_run(out)
     if replacing:  # the run id was committed before (another trainer): the rerun replaces it
-        from linreg.pipeline import steps
         from linreg.config import make_config
+        from linreg.pipeline import steps
 
         steps.run(make_config(weather=str(SAMPLE / "weather.parquet"), yields=str(SAMPLE / "yields.parquet"),
                                  output=str(out), run_id=RUN_ID, trainer="manual", epochs=5, tol=0))

@@ -15,10 +15,10 @@ from prefect.testing.utilities import prefect_test_harness
 
 from flows.train import main as train_main
 from flows.train import train
-from linreg.outputs import commit
-from linreg.pipeline import report
 from linreg.config import make_config
 from linreg.errors import InputError, TransientIOError, is_transient
+from linreg.outputs import commit
+from linreg.pipeline import report
 from tests.helpers import flow_run_logs, linear_tables, write
 
 

@@ -10,9 +10,9 @@ import pytest
 from prefect.testing.utilities import prefect_test_harness
 
 from flows.score import main as score_main
-from linreg.pipeline import steps
 from linreg.config import make_config
 from linreg.errors import EXIT_BAD_INPUT, InputError
+from linreg.pipeline import steps
 from linreg.pipeline.scoring import ScoreConfig, score
 from tests.helpers import linear_tables, write
 

@@ -37,14 +37,13 @@ import tempfile
 import time
 import traceback
 
-from linreg.parallel import dist
-from linreg.outputs import commit
-from linreg.pipeline import steps
 from linreg import redact
-from linreg.outputs import snapshot
-from linreg.config import TrainConfig, build_parser, config_from_args
-from linreg.errors import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, InputError
+from linreg.config import TrainConfig, build_parser, config_from_args, decide_run_id
+from linreg.errors import EXIT_FAILURE, EXIT_OK, InputError, report_error
 from linreg.models.trainers import TRAINERS
+from linreg.outputs import commit, snapshot
+from linreg.parallel import dist
+from linreg.pipeline import steps
 
 log = logging.getLogger(__name__)
 
@@ -68,15 +67,17 @@ def restart_count() -> int:
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
 
 
-def job_run_id(config: TrainConfig) -> str | None:
-    """The run id every attempt of the job shares: given, else derived from the rendezvous id (torchrun's
-    TORCHELASTIC_RUN_ID, i.e. --rdzv-id), else None (rank 0 then draws one, and restarts cannot resume)."""
-    if config.run_id:
-        return config.run_id
+def job_run_id(config: TrainConfig) -> str:
+    """The run id every attempt of the job shares, decided by the launcher and again by rank 0 of each attempt:
+    --run-id; else derived from the rendezvous id (--rdzv-id, or torchrun's TORCHELASTIC_RUN_ID in a rank), so
+    that restarts (--max-restarts) resume from its snapshots; else a new one (restarts then start over). A
+    launcher of a job on several machines may not draw one: each machine's would differ (InputError)."""
     rdzv = config.rdzv_id or os.environ.get("TORCHELASTIC_RUN_ID", "")
-    if rdzv and rdzv != "none":
-        return "job-" + re.sub(r"[^A-Za-z0-9._-]", "-", rdzv)
-    return None
+    if not config.run_id and rdzv and rdzv != "none":
+        return decide_run_id("job-" + re.sub(r"[^A-Za-z0-9._-]", "-", rdzv))
+    if not config.run_id and config.nnodes > 1 and "TORCHELASTIC_RUN_ID" not in os.environ:  # not in a rank
+        raise InputError("A job on several machines needs the same --run-id or --rdzv-id on every machine.")
+    return decide_run_id(config.run_id)
 
 
 def run_rank(config: TrainConfig, *, plan_file: str | None = None, result_file: str | None = None,
@@ -127,8 +128,7 @@ def _shared_plan(config: TrainConfig, cluster: dist.Cluster, plan_file: str | No
             if plan_file:
                 plan = read_plan(plan_file)
             else:
-                run_id = job_run_id(config)
-                plan = steps.plan_run(config.model_copy(update={"run_id": run_id}) if run_id else config)
+                plan = steps.plan_run(config.model_copy(update={"run_id": job_run_id(config)}))
         except Exception as exc:  # the other ranks fail with it instead of waiting for a plan
             if cluster.distributed:
                 cluster.broadcast_object(("input" if isinstance(exc, InputError) else "failure", str(exc)))
@@ -250,8 +250,7 @@ def rank_main(argv: list[str] | None = None, *, plan_file: str | None = None, re
             config = redact.protect_config(config_from_args(build_parser().parse_args(argv)))
         summary = run_rank(config, plan_file=plan_file, result_file=result_file)
     except InputError as exc:
-        print(redact.redact(f"[rank {rank}] error: {exc}"), file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return report_error(exc, prefix=f"[rank {rank}] ")
     except Terminated:
         print(f"[rank {rank}] stopped by SIGTERM", file=sys.stderr)
         return EXIT_FAILURE

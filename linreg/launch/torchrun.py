@@ -37,7 +37,7 @@ from typing import Callable
 
 from linreg import redact
 from linreg.config import TrainConfig
-from linreg.errors import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, InputError
+from linreg.errors import EXIT_OK, InputError, report_error
 
 DEFAULT_RDZV_PORT = 29400
 # Grace between torchrun's SIGTERM to a rank (the job is stopping) and SIGKILL. A rank cleans up on SIGTERM
@@ -232,19 +232,6 @@ def is_timeout(message: str) -> bool:
     return re.search(r"timed?[ -]?out", message, re.IGNORECASE) is not None
 
 
-def job_run_id(config: TrainConfig) -> str:
-    """The run id of a launched job: given, else from --rdzv-id, else a new one (one machine only)."""
-    from linreg.launch import job
-    from linreg.pipeline import steps
-
-    run_id = job.job_run_id(config)
-    if run_id is None:
-        if config.nnodes > 1:
-            raise InputError("A job on several machines needs the same --run-id or --rdzv-id on every machine.")
-        run_id = steps.new_run_id()
-    return run_id
-
-
 def cleanup(config: TrainConfig, run_id: str) -> None:
     """After a failed job: remove its attempts' staging areas (its snapshots stay, for a rerun to resume)."""
     from linreg.launch import job
@@ -257,24 +244,23 @@ def cleanup(config: TrainConfig, run_id: str) -> None:
 
 def cli(config: TrainConfig, argv: list[str]) -> int:
     """`python -m flows.train --nproc-per-node N ...`: launch the job, print its lines, return the exit code."""
+    from linreg.launch import job
+
     try:
-        run_id = job_run_id(config)
+        run_id = job.job_run_id(config)
     except InputError as exc:
-        print(redact.redact(f"error: {exc}"), file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return report_error(exc)
     config = redact.protect_config(config.model_copy(update={"run_id": run_id}))
     args = redact.redact_argv(list(argv) + ([] if "--run-id" in argv else ["--run-id", run_id]))
     try:
         launch(config, ["-m", "flows.train", *args], on_line=lambda line: print(line, flush=True))
     except InputError as exc:
         cleanup(config, run_id)
-        print(redact.redact(f"error: {exc}"), file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return report_error(exc)
     except JobFailed as exc:
         if config.nnodes == 1:
             cleanup(config, run_id)
-        print(redact.redact(f"error: {exc}"), file=sys.stderr)
-        return EXIT_FAILURE
+        return report_error(exc)  # exit code 1
     return EXIT_OK
 
 
@@ -303,6 +289,5 @@ def cli_main(argv: list[str]) -> int:
     try:
         config = config_from_args(args)
     except InputError as exc:
-        print(redact.redact(f"error: {exc}"), file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return report_error(exc)
     return cli(config, argv)

@@ -20,17 +20,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from linreg.outputs import destination
-from linreg.outputs import commit
-from linreg.config import RUN_ID_PATTERN
+from linreg.config import check_run_id, decide_run_id
 from linreg.errors import InputError, format_examples
-from linreg.models.estimator import TrainedRun, load_run
-from linreg.inputs.tables import Table, fingerprint, open_table
-from linreg.outputs.migrate import check_schema_version
-from linreg.pipeline.steps import new_run_id, versions
-from linreg.inputs.schema import SCHEMA_VERSION, pred_column
 from linreg.inputs.batches import matrix
 from linreg.inputs.checks import check_values
+from linreg.inputs.schema import SCHEMA_VERSION, pred_column
+from linreg.inputs.tables import Table, fingerprint, open_table
+from linreg.models.estimator import TrainedRun, load_run
+from linreg.outputs import commit, destination
+from linreg.outputs.migrate import check_schema_version
+from linreg.pipeline.steps import versions
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +56,7 @@ class ScoreConfig(BaseModel):
     @field_validator("score_run_id")
     @classmethod
     def _run_id_text(cls, run_id: str | None) -> str | None:
-        if run_id is not None and not RUN_ID_PATTERN.match(run_id):
-            raise ValueError(f"{run_id!r} is not a valid run id: it must match [A-Za-z][A-Za-z0-9._-]*")
-        return run_id
+        return check_run_id(run_id)
 
 
 @dataclass
@@ -137,7 +134,7 @@ def score(config: ScoreConfig) -> ScoreSummary:
         log.warning("the model of run %s was trained on weather aggregated to the keys (--aggregate %s): the weather "
                     "to score must already hold one row per key", run.run_id, run.config["aggregate"])
     check_values(table, keys, features)
-    score_run_id = config.score_run_id or new_run_id()
+    score_run_id = decide_run_id(config.score_run_id)
     schema = scores_schema([table.schema.field(k) for k in keys], targets)
     metadata = commit.file_metadata(run_id=score_run_id, trainer=str(run.config.get("trainer")), config=run.config,
                                      fingerprint=fingerprint([table]), versions=versions(), schema_version=SCHEMA_VERSION)
@@ -145,7 +142,7 @@ def score(config: ScoreConfig) -> ScoreSummary:
     staging = commit.Staging.create(config.output or run.output, score_run_id, datasets=(SCORES,), key=SCORE_KEY)
     rows = 0
     try:
-        with commit.open_writer(staging.file(SCORES), schema, metadata) as writer:
+        with commit.open_writer(staging.file(SCORES), schema, metadata, write_back=staging.is_local) as writer:
             for batch in table.batches(keys + features):
                 pred = run.model.predict(matrix(batch, features, np.float64))
                 out = [batch.column(k) for k in keys] + [pa.array([run.run_id] * batch.num_rows, pa.string())]
