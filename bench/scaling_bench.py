@@ -34,7 +34,11 @@ def _rank(rank, world, init, rows, epochs, batch, queue):
     tdist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world,
                              timeout=dt.timedelta(seconds=120))
     from linreg.parallel.dist import Cluster
-    from linreg.models.trainers import train_nn
+    from torch import nn
+
+    from linreg.models.sources import ShuffledOnceRows
+    from linreg.models.trainers import Schedule, train_nn
+    from linreg.parallel import merge
 
     cluster = Cluster(rank=rank, world_size=world, local_rank=rank, device=torch.device("cpu"))
     gen = torch.Generator().manual_seed(rank)
@@ -44,8 +48,11 @@ def _rank(rank, world, init, rows, epochs, batch, queue):
         + 0.1 * torch.randn(n, len(TARGETS), generator=gen)
     tdist.barrier()
     start = time.perf_counter()
-    result = train_nn(X, Y, lr=0.05, epochs=epochs, batch_size=batch, fit_intercept=True, tol=0, patience=5,
-                      seed=0, cluster=cluster)
+    source = ShuffledOnceRows(X, Y, None, batch=batch, cluster=cluster, seed=0)
+    torch.manual_seed(0)
+    model = nn.Linear(len(FEATURES), len(TARGETS))
+    result = train_nn(source, model, torch.optim.SGD(model.parameters(), lr=0.05), Schedule(0.05, tol=0, patience=5),
+                      epochs=epochs, forward=merge.data_parallel(model, cluster, X.device))
     seconds = time.perf_counter() - start
     steps = result.epochs * -(-rows // batch)
     comm = None
@@ -79,9 +86,9 @@ def train_rate(rows: int, epochs: int, batch: int, world: int) -> tuple[float, f
 
 def join_seconds(weather: str, yields: str, world: int, rank: int, work: str) -> float:
     from linreg.inputs import shard
-    from linreg.inputs.tables import open_table
     from linreg.inputs.join import connect, join_tables
     from linreg.inputs.schema import resolve_columns
+    from linreg.inputs.tables import open_table
 
     w, y = open_table(weather, "weather"), open_table(yields, "yields")
     columns = resolve_columns(w, y, features=FEATURES, targets=TARGETS, keys=None)

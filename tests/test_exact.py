@@ -1,38 +1,9 @@
-from fractions import Fraction
-
 import numpy as np
 import pytest
 
 from linreg.errors import InputError
 from linreg.models.exact import ExactAccumulator
-
-
-def exact_lstsq(X, Y, sample_weight=None, fit_intercept=True):
-    """Exact weighted least squares of the float64 inputs, as float64 (coef (k, p), intercept (k,)).
-
-    Normal equations over Fraction (every float64 is an exact rational), solved by Gauss-Jordan elimination.
-    """
-    m, p = X.shape
-    cols = [[Fraction(float(v)) for v in X[:, j]] for j in range(p)]
-    if fit_intercept:
-        cols.append([Fraction(1)] * m)
-    ys = [[Fraction(float(v)) for v in Y[:, j]] for j in range(Y.shape[1])]
-    w = [Fraction(float(v)) for v in sample_weight] if sample_weight is not None else [Fraction(1)] * m
-    q = len(cols)
-
-    def dot(a, b):
-        return sum(wi * ai * bi for wi, ai, bi in zip(w, a, b))
-
-    G = [[dot(a, b) for b in cols] + [dot(a, y) for y in ys] for a in cols]
-    for c in range(q):
-        pivot = next(r for r in range(c, q) if G[r][c] != 0)
-        G[c], G[pivot] = G[pivot], G[c]
-        for r in range(q):
-            if r != c and G[r][c] != 0:
-                f = G[r][c] / G[c][c]
-                G[r] = [a - f * b for a, b in zip(G[r], G[c])]
-    sol = np.array([[float(G[r][q + j] / G[r][r]) for r in range(q)] for j in range(len(ys))])
-    return (sol[:, :p], sol[:, p]) if fit_intercept else (sol, np.zeros(len(ys)))
+from tests.exact_reference import exact_lstsq  # noqa: F401  (tests/test_gram.py imports it from here)
 
 
 def lstsq_fit(X, Y, fit_intercept=True):

@@ -6,7 +6,7 @@ import logging
 import numpy as np
 import pytest
 
-from linreg.models.exact import GRAM_MAX_CONDITION, ExactAccumulator, GramAccumulator
+from linreg.models.exact import ExactAccumulator, GRAM_MAX_CONDITION, GramAccumulator
 from linreg.models.fit import fit
 from tests.test_exact import exact_lstsq, params, polynomial_problem, rel_err
 

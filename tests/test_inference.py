@@ -13,12 +13,13 @@ import scipy.special
 import scipy.stats
 import statsmodels.api as sm
 
-from linreg.pipeline import steps
 from linreg.config import make_config
 from linreg.errors import InputError
 from linreg.models.exact import ExactAccumulator, SingularDesignWarning
 from linreg.models.fit import TrainOptions, fit
 from linreg.models.statistics import betainc, statistics, t_quantile, t_sf, t_two_sided_p
+from linreg.pipeline import steps
+from tests.exact_reference import rational_fit
 from tests.helpers import linear_tables
 
 # ---------------------------------------------------------------- the t distribution without SciPy
@@ -67,26 +68,10 @@ def exact_statistics(X, y, w=None, fit_intercept=True):
     Returns beta (q,), std errors (q,), and per-target dof, residual sd, R^2, adjusted R^2, F as floats,
     computed exactly and rounded once (square roots of exact rationals rounded to double).
     """
-    m, p = X.shape
-    cols = [[Fraction(float(v)) for v in X[:, j]] for j in range(p)]
-    if fit_intercept:
-        cols.append([Fraction(1)] * m)
+    fit = rational_fit(X, y, w, fit_intercept)
+    cols, ws, inv, beta = fit.columns, fit.weights, fit.inverse, fit.beta[0]
     ys = [Fraction(float(v)) for v in y]
-    ws = [Fraction(float(v)) for v in w] if w is not None else [Fraction(1)] * m
     q = len(cols)
-    gram = [[sum(wi * a * b for wi, a, b in zip(ws, ci, cj)) for cj in cols] for ci in cols]
-    aug = [row + [Fraction(int(i == j)) for j in range(q)] for i, row in enumerate(gram)]
-    for c in range(q):  # Gauss-Jordan: aug = [I | gram^-1]
-        pivot = next(r for r in range(c, q) if aug[r][c] != 0)
-        aug[c], aug[pivot] = aug[pivot], aug[c]
-        aug[c] = [v / aug[c][c] for v in aug[c]]
-        for r in range(q):
-            if r != c and aug[r][c] != 0:
-                f = aug[r][c]
-                aug[r] = [a - f * b for a, b in zip(aug[r], aug[c])]
-    inv = [row[q:] for row in aug]
-    rhs = [sum(wi * a * yi for wi, a, yi in zip(ws, col, ys)) for col in cols]
-    beta = [sum(inv[i][j] * rhs[j] for j in range(q)) for i in range(q)]
     resid = [yi - sum(beta[j] * cols[j][i] for j in range(q)) for i, yi in enumerate(ys)]
     rss = sum(wi * r * r for wi, r in zip(ws, resid))
     n = sum(1 for wi in ws if wi != 0)

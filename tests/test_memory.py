@@ -11,8 +11,8 @@ from tests.conftest import REPO
 
 CHILD = """
 import json, sys
-from linreg.pipeline import steps
 from linreg.config import make_config
+from linreg.pipeline import steps
 data, out = sys.argv[1:3]
 steps.run(make_config(weather=data + "/weather", yields=data + "/yields", output=out, trainer="exact",
                          memory_budget="256MB", run_id="rss"))

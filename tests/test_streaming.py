@@ -7,8 +7,8 @@ import numpy as np
 import pyarrow.dataset as ds
 import pytest
 
-from linreg.pipeline import steps
 from linreg.config import make_config
+from linreg.pipeline import steps
 from datagen.synth import generate
 
 

@@ -20,12 +20,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from linreg.outputs import commit
-from linreg.outputs import runindex
+from linreg.config import config_default
 from linreg.errors import InputError
-from linreg.models.fit import FitResult, TrainOptions, fit
 from linreg.inputs.tables import BATCH_ROWS
+from linreg.models.fit import FitResult, TrainOptions, fit
 from linreg.models.linear import LinearModel
+from linreg.outputs import commit, runindex
 
 _PARAMS = ("trainer", "fit_intercept", "standardize", "lr", "epochs", "batch_size", "tol", "patience", "seed", "device")
 _WEIGHTS_PARTITION = re.compile(r"^(?P<root>.*?)/+weights/+run_id=(?P<run_id>[^/]+)/*$")
@@ -98,9 +98,13 @@ def _as_matrix(data, what: str) -> tuple[np.ndarray, list[str] | None]:
 class LinearRegression:
     """Multi-output least squares `y = X @ coef_.T + intercept_`, trained by the pipeline's trainers."""
 
-    def __init__(self, *, trainer: str = "exact", fit_intercept: bool = True, standardize: bool = True,
-                 lr: float | None = None, epochs: int = 1000, batch_size: int | None = None, tol: float = 1e-5,
-                 patience: int = 5, seed: int = 0, device: str = "auto"):
+    def __init__(self, *, trainer: str = config_default("trainer"),
+                 fit_intercept: bool = config_default("fit_intercept"),
+                 standardize: bool = config_default("standardize"), lr: float | None = config_default("lr"),
+                 epochs: int = config_default("epochs"), batch_size: int | None = config_default("batch_size"),
+                 tol: float = config_default("tol"), patience: int = config_default("patience"),
+                 seed: int = config_default("seed"), device: str = config_default("device")):
+        """The defaults are TrainConfig's (`python -m flows.train --help` explains each)."""
         self.trainer, self.fit_intercept, self.standardize, self.lr = trainer, fit_intercept, standardize, lr
         self.epochs, self.batch_size, self.tol, self.patience = epochs, batch_size, tol, patience
         self.seed, self.device = seed, device

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from linreg.config import config_default
 from linreg.errors import InputError, format_examples
 
 BLOCK_ROWS = 8192
@@ -218,8 +219,8 @@ class ExactAccumulator:
         acc._n_rows = n_rows
         return acc
 
-    def solve(self, feature_names: list[str] | None = None, rcond: float = 1e-13, *, l2: float = 0.0,
-              singular: str = "error") -> ExactSolution:
+    def solve(self, feature_names: list[str] | None = None, rcond: float = config_default("rcond"), *,
+              l2: float = config_default("l2"), singular: str = config_default("singular")) -> ExactSolution:
         """Least squares, or ridge with l2 > 0 (mean squared error + l2 * sum of squared standardized coefficients,
         intercept unpenalized). The design is singular when the condition number of the standardized
         design exceeds 1 / rcond: singular="error" raises an InputError naming the columns; "min_norm"

@@ -46,7 +46,19 @@ class Moments:
                 other.comoment = (centred * weights[:, None]).T @ centred
         self.merge(other)
 
+    def state(self) -> tuple:
+        """(n, weight, mean (d,), comoment (d, d)): picklable, for merging across ranks."""
+        return (self.n, self.weight, self.mean, self.comoment)
+
+    @classmethod
+    def from_state(cls, state: tuple) -> "Moments":
+        n, weight, mean, comoment = state
+        moments = cls(len(mean))
+        moments.n, moments.weight, moments.mean, moments.comoment = n, weight, np.asarray(mean), np.asarray(comoment)
+        return moments
+
     def merge(self, other: "Moments") -> None:
+        """Add another batch's (or rank's) moments (Chan's parallel formula)."""
         if other.n == 0:
             return
         self.n += other.n

@@ -27,23 +27,21 @@ import secrets
 
 import torch
 
-from linreg.outputs import durable
-from linreg.outputs import commit
 from linreg import redact
+from linreg.config import result_fields
+from linreg.outputs import commit, durable
 
 log = logging.getLogger(__name__)
 
 FILE = "snapshot.pt"
-# Options that do not change what is trained: a run resumed with other values continues the same fit.
-LAUNCH_FIELDS = {"nproc_per_node", "nnodes", "node_rank", "rdzv_endpoint", "rdzv_id", "max_restarts",
-                 "snapshot_every", "resume", "dist_timeout_seconds", "run_id", "output", "memory_budget",
-                 "skip_if_unchanged"}
 
 
 def identity(config, input_digest: str) -> str:
-    """Digest of what a snapshot is valid for: the training configuration and the inputs' fingerprint."""
+    """Digest of what a snapshot is valid for: the fields of the configuration that can change the result
+    (`linreg.config.result_fields`: not the launch options, but --memory-budget and the rank count) and the
+    inputs' fingerprint."""
     dumped = redact.redact_config(config.model_dump(mode="json"))  # no credential hashed (linreg/redact.py)
-    fields = {k: v for k, v in dumped.items() if k not in LAUNCH_FIELDS}
+    fields = result_fields(dumped)
     text = json.dumps({"config": fields, "inputs": input_digest}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -107,8 +105,8 @@ class Snapshots:
 
     def restore(self, *, tensors: dict, schedule, losses: list, generator: torch.Generator,
                 optimizer=None) -> int:
-        """Load the snapshot into `tensors` (in place), optimizer, schedule, losses and generator; return the
-        number of epochs already done (0 without a snapshot)."""
+        """Load the snapshot into `tensors` (in place), optimizer, schedule (`load_state_dict`), losses and
+        generator; return the number of epochs already done (0 without a snapshot)."""
         state = self.load()
         if state is None:
             return 0
@@ -117,7 +115,7 @@ class Snapshots:
                 tensor.copy_(state["tensors"][name].to(tensor.device))
         if optimizer is not None and state.get("optimizer") is not None:
             optimizer.load_state_dict(state["optimizer"])
-        schedule.__dict__.update(state["schedule"])
+        schedule.load_state_dict(state["schedule"])
         losses[:] = state["losses"]
         generator.set_state(state["generator"])
         self.resumed_from = int(state["epoch"])
@@ -132,7 +130,7 @@ class Snapshots:
         state = {"identity": self.identity, "epoch": epoch,
                  "tensors": {name: t.detach().cpu().clone() for name, t in tensors.items()},
                  "optimizer": None if optimizer is None else optimizer.state_dict(),
-                 "schedule": dict(schedule.__dict__), "losses": list(losses), "generator": generator.get_state()}
+                 "schedule": schedule.state_dict(), "losses": list(losses), "generator": generator.get_state()}
         buffer = io.BytesIO()
         torch.save(state, buffer)
         self.renew_lease()

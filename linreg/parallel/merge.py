@@ -3,7 +3,15 @@
 Every rank sees a shard of the rows (whole regions). Partial results are small (a triangular factor,
 moments, sums), so each rank all-gathers them and merges them in rank order: every rank ends with the
 same, exact merged value (sums in float64; R factors stacked and re-factorized; moments by Chan's
-formula), never an average of per-rank averages.
+formula), never an average of per-rank averages. The partial results know how to merge themselves
+(`state()`, `from_state()`, `merge()`); this module holds the collectives (`merged`), so it never imports
+the models.
+
+The gradient trainers' data-parallel pieces are here too, used by whoever builds a trainer's batch source
+and model (`linreg.models.fit`, `linreg.models.sources`), never by the trainers: equal step counts on every
+rank (`step_slices`), the per-rank shuffles (`rows_generator`, `epoch_generator`, `epoch_order`) and the
+DistributedDataParallel wrapping (`data_parallel`). Each is an identity, or one process's plain choice,
+with one process.
 """
 
 from __future__ import annotations
@@ -11,53 +19,46 @@ from __future__ import annotations
 import numpy as np
 
 from linreg.parallel.dist import Cluster
-from linreg.models.exact import ExactAccumulator
-from linreg.models.standardize import Moments
 
 
-def moments_state(m: Moments) -> tuple:
-    return (m.n, m.weight, m.mean, m.comoment)
+def merged(cluster: Cluster, local):
+    """`local` merged with every rank's counterpart in rank order; `local` itself with one process.
 
-
-def moments_from_state(state: tuple) -> Moments:
-    n, weight, mean, comoment = state
-    m = Moments(len(mean))
-    m.n, m.weight, m.mean, m.comoment = n, weight, np.asarray(mean), np.asarray(comoment)
-    return m
-
-
-def merge_moments(cluster: Cluster, local: Moments) -> Moments:
-    """The moments of every rank's rows (Chan's parallel merge, in rank order)."""
+    local: any partial result with `state()` (picklable), `type(local).from_state(state)` and
+    `merge(other)` (`linreg.models.standardize.Moments`, `linreg.models.exact.ExactAccumulator` and
+    `GramAccumulator`): the collective is here, what merging means is the partial result's own."""
     if not cluster.distributed:
         return local
-    merged = Moments(len(local.mean))
-    for state in cluster.all_gather_object(moments_state(local)):
-        merged.merge(moments_from_state(state))
-    return merged
+    return _merge_states(type(local), cluster.all_gather_object(local.state()))
 
 
-def merge_exact(cluster: Cluster, local: ExactAccumulator) -> ExactAccumulator:
-    """The streaming QR of every rank's rows: R factors stacked (shifts reconciled) and re-factorized."""
-    if not cluster.distributed:
-        return local
-    states = cluster.all_gather_object(local.state())
-    merged = type(local).from_state(states[0])  # a GramAccumulator merges Gram matrices
+def _merge_states(kind, states: list):
+    """kind.from_state of the first state with the others merged into it, in order."""
+    result = kind.from_state(states[0])
     for state in states[1:]:
-        merged.merge(type(local).from_state(state))
-    return merged
+        result.merge(kind.from_state(state))
+    return result
+
+
+def merge_moments(cluster: Cluster, local):
+    """The `Moments` of every rank's rows (Chan's parallel merge, in rank order)."""
+    return merged(cluster, local)
+
+
+def merge_exact(cluster: Cluster, local):
+    """The streaming QR of every rank's rows (`ExactAccumulator`: R factors stacked, shifts reconciled, and
+    re-factorized; `GramAccumulator`: Gram matrices added)."""
+    return merged(cluster, local)
 
 
 def merge_split_errors(cluster: Cluster, local: dict) -> dict:
     """{split: metrics.SplitErrors} summed over ranks: squared errors added, target moments merged."""
     if not cluster.distributed:
         return local
-    gathered = cluster.all_gather_object({s: (e.sse, moments_state(e.y)) for s, e in local.items()})
+    gathered = cluster.all_gather_object({s: (e.sse, e.y.state()) for s, e in local.items()})
     for split, errors in local.items():
         errors.sse = np.sum([g[split][0] for g in gathered], axis=0)
-        y = Moments(len(errors.sse))
-        for g in gathered:
-            y.merge(moments_from_state(g[split][1]))
-        errors.y = y
+        errors.y = _merge_states(type(errors.y), [g[split][1] for g in gathered])
     return local
 
 
@@ -105,3 +106,24 @@ def epoch_generator(seed: int, epoch: int, rank: int):
 
     state = int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1, dtype=np.uint64)[0] >> 1)
     return torch.Generator().manual_seed(state)
+
+
+def epoch_order(n_local: int, batch: int, n_total: int, cluster: Cluster, *, seed: int, epoch: int, generator):
+    """This rank's shuffle of its n_local rows for `epoch` (a CPU index tensor), or None when a step holds
+    every row. One process: drawn from `generator` (stateful: snapshots keep it); several ranks: from
+    (seed, epoch, rank) alone, as DistributedSampler.set_epoch."""
+    import torch
+
+    if not cluster.distributed:
+        return torch.randperm(n_local, generator=generator) if batch < n_local else None
+    return torch.randperm(n_local, generator=epoch_generator(seed, epoch, cluster.rank)) if batch < n_total else None
+
+
+def data_parallel(module, cluster: Cluster, device):
+    """`module` as the ranks call it: wrapped in DistributedDataParallel (gradients averaged over ranks at
+    each backward) with several ranks, the module itself with one process. device: where its tensors are."""
+    if not cluster.distributed:
+        return module
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)

@@ -2,7 +2,7 @@
 
 A committed run is reused when its input fingerprint (every input file's path, size and modification
 time, and each table's schema: `linreg.inputs.tables.fingerprint`, from listings and Parquet footers, no data read)
-and its configuration (all fields except run_id, output and skip_if_unchanged) equal this run's, and all
+and its configuration (the fields that can change the result: `linreg.config.result_fields`) equal this run's, and all
 its partitions are present. Tensors and tables are never hashed: equal fingerprints mean equal bytes as
 far as the filesystem tells, which is what makes the reuse trustworthy and cheap.
 """
@@ -15,16 +15,14 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from pydantic import ValidationError
 
-from linreg.outputs import commit
 from linreg import redact
-from linreg.outputs import runindex
-from linreg.config import TrainConfig
-from linreg.inputs.tables import fingerprint, open_table
+from linreg.config import NON_RESULT_FIELDS, TrainConfig, result_fields
 from linreg.inputs.join import JoinResult
+from linreg.inputs.tables import fingerprint, open_table
+from linreg.outputs import commit, runindex
 from linreg.outputs.migrate import check_schema_version
-from linreg.pipeline.steps import RunSummary, total_mse
-
-IGNORED = ("run_id", "output", "skip_if_unchanged")  # fields that do not change what a run computes
+from linreg.pipeline.metrics import region_mse, total_mse
+from linreg.pipeline.steps import RunSummary
 
 
 def comparable(config: dict) -> dict | None:
@@ -32,10 +30,10 @@ def comparable(config: dict) -> dict | None:
     try:
         # redacted: a URI's credentials do not change what a run computes (linreg/redact.py)
         full = TrainConfig.model_validate({k: redact.redact_config(v) for k, v in config.items()
-                                           if k not in IGNORED})
+                                           if k not in NON_RESULT_FIELDS})
     except ValidationError:
         return None  # written by an older version with fields that no longer exist: never equal
-    return {k: v for k, v in full.model_dump(mode="json").items() if k not in IGNORED}
+    return result_fields(full.model_dump(mode="json"))
 
 
 def find_unchanged_run(config: TrainConfig) -> dict | None:
@@ -68,16 +66,12 @@ def committed_summary(output: str, row: dict) -> RunSummary:
 
     metric_rows, weight_rows = read("metrics"), read("weights")
     mse, mean_mse = total_mse(metric_rows)
-    regions = {}
-    for r in metric_rows:  # one row over all targets (target null) per region with rows in the split
-        if r["metric"] == "mse" and r["region"] is not None and r["target"] is None:
-            regions[r["split"]] = regions.get(r["split"], 0) + 1
+    regions = {split: len(found) for split, found in region_mse(metric_rows).items()}
     weights: dict[str, dict[str, float]] = {}
     for w in weight_rows:
         weights.setdefault(w["target"], {})[w["term"]] = w["weight"]
-    prefix = "" if is_local else output.split("://", 1)[0] + "://"
     return RunSummary(run_id=run_id, trainer=row["trainer"],
-                      output={d: prefix + commit.partition(root, d, run_id) for d in commit.DATASETS},
+                      output={d: commit.location(output, commit.partition(root, d, run_id), is_local) for d in commit.DATASETS},
                       joined=JoinResult(path="", weather_rows=row["weather_rows"], yields_rows=row["yields_rows"],
                                         joined_rows=row["joined_rows"]),
                       rows={"train": row["train_rows"], "holdout": row["holdout_rows"]}, regions=regions, mse=mse,

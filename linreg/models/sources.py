@@ -1,0 +1,183 @@
+"""Where a gradient trainer's steps come from: its training rows in memory, or streamed from disk every epoch.
+
+Every source has one interface (what `linreg.models.trainers` uses):
+
+- `epoch(epoch)`: the epoch's steps; a step is a list of blocks (X (m, p), Y (m, k), w (m,) or None, rows),
+  `rows` the global row count of the step (all ranks). One block per step, except full-batch descent over
+  streamed rows (`accumulates`: the gradient is summed over the blocks, then one update).
+- `loss(pred, Y, w, rows)`: a block's data loss, scaled so that the gradients summed over the step's blocks
+  (and ranks) are the gradient of the step's (weighted) mean squared error; `ridge(weight, penalty)` the
+  penalty's term in the step's loss.
+- `epoch_loss(blocks, weight, bias, penalty)`: the epoch's loss for the stopping rule, from the blocks'
+  detached losses (block loss, block rows, step rows) or from a pass over the rows.
+
+The sources are built by `linreg.models.fit` from this rank's rows and the `Cluster`: with several ranks the
+steps come from `linreg.parallel.merge` (equal step counts on every rank, per-rank shuffles) and the epoch's
+loss is summed over ranks. Each keeps the float32 operations, in order, that its path has always used, so
+a seeded run gives the same values (the in-memory and streamed paths were written apart and round apart).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from linreg.inputs.stream import StreamedRows
+from linreg.parallel import merge
+from linreg.parallel.dist import Cluster
+
+STREAM_BATCH = 65536  # rows per streamed block when full-batch descent accumulates gradients over the stream
+
+
+def global_rows(n_local: int, cluster: Cluster, device) -> int:
+    """The row count of all ranks."""
+    return int(cluster.all_reduce_sum(torch.tensor(float(n_local), dtype=torch.float64, device=device)))
+
+
+def mean_weight(sample_weight: torch.Tensor | None, n_total: int, cluster: Cluster, device) -> float:
+    """The mean weight over all ranks' rows (1 without weights)."""
+    if sample_weight is None:
+        return 1.0
+    total = cluster.all_reduce_sum(sample_weight.sum(dtype=torch.float64).to(device))
+    return float(total) / max(n_total, 1)
+
+
+def full_loss(X: torch.Tensor, Y: torch.Tensor, coef: torch.Tensor, intercept: torch.Tensor,
+              cluster: Cluster, total_elems: float, chunk: int = 1 << 20, *,
+              sample_weight: torch.Tensor | None = None, penalty: torch.Tensor | None = None) -> float:
+    """(Weighted) mean squared error over all rows and targets (all ranks), summed in float64 chunk by chunk,
+    plus the ridge term. X (n, p), Y (n, k), coef (k, p), intercept (k,); total_elems: rows times targets,
+    or the weight sum times targets with weights."""
+    with torch.no_grad():
+        total = torch.zeros((), dtype=torch.float64, device=X.device)
+        for i in range(0, len(X), chunk):
+            diff = X[i:i + chunk] @ coef.T + intercept - Y[i:i + chunk]
+            sq = diff * diff
+            if sample_weight is not None:
+                sq = sq * sample_weight[i:i + chunk, None]
+            total += sq.sum(dtype=torch.float64)
+        loss = float(cluster.all_reduce_sum(total)) / total_elems
+        if penalty is not None:
+            loss += float((penalty.double() * coef.double() ** 2).sum()) / coef.shape[0]
+        return loss
+
+
+class ReshuffledRows:
+    """manual's rows in memory: X (n, p), Y (n, k), optional w (n,) float32 on the cluster's device; every
+    epoch reshuffles them (when a step holds fewer than all rows) and cuts them into contiguous steps of
+    `batch` global rows (None: full batch). The epoch's loss is a pass over all rows after the epoch."""
+
+    accumulates = False
+
+    def __init__(self, X: torch.Tensor, Y: torch.Tensor, sample_weight: torch.Tensor | None, *, batch: int | None,
+                 cluster: Cluster, seed: int, generator: torch.Generator):
+        self.X, self.Y, self.w, self.cluster, self.seed, self.generator = X, Y, sample_weight, cluster, seed, generator
+        self.n_rows = global_rows(len(X), cluster, X.device)
+        self.mean_weight = mean_weight(sample_weight, self.n_rows, cluster, X.device)
+        self.batch = batch or self.n_rows
+        self.steps = merge.step_slices(len(X), self.batch, self.n_rows, cluster)  # equal step counts on every rank
+
+    def epoch(self, epoch: int):
+        order = merge.epoch_order(len(self.X), self.batch, self.n_rows, self.cluster, seed=self.seed, epoch=epoch,
+                                  generator=self.generator)
+        X, Y, w = self.X, self.Y, self.w
+        if order is not None:
+            order = order.to(X.device)
+            X, Y, w = X[order], Y[order], (None if w is None else w[order])
+        for lo, hi, rows in self.steps:
+            yield [(X[lo:hi], Y[lo:hi], None if w is None else w[lo:hi], rows)]
+
+    def loss(self, pred: torch.Tensor, Y: torch.Tensor, w: torch.Tensor | None, rows: int) -> torch.Tensor:
+        diff = pred - Y
+        if w is None:
+            return torch.sum(diff * diff) / (rows * diff.shape[1])
+        return torch.sum(w[:, None] * diff * diff) / (rows * self.mean_weight * diff.shape[1])
+
+    def ridge(self, weight: torch.Tensor, penalty: torch.Tensor) -> torch.Tensor:
+        """Once in the sum of the ranks' gradients."""
+        return torch.sum(penalty * weight * weight) / (weight.shape[0] * self.cluster.world_size)
+
+    def epoch_loss(self, blocks, weight: torch.Tensor, bias: torch.Tensor, penalty: torch.Tensor | None) -> float:
+        return full_loss(self.X, self.Y, weight.detach(), bias.detach(), self.cluster,
+                         self.n_rows * self.mean_weight * weight.shape[0], sample_weight=self.w, penalty=penalty)
+
+
+class ShuffledOnceRows:
+    """nn's rows in memory: shuffled once (seeded by seed and rank) into contiguous batches of `batch` global
+    rows, visited in a new order every epoch, the same on every rank ("shuffle once": a per-epoch gather of
+    every row costs more than the epoch's SGD steps). The epoch's loss is the mean of its batch losses
+    before each step (as scikit-learn's SGD), summed over ranks, not another pass over the rows."""
+
+    accumulates = False
+
+    def __init__(self, X: torch.Tensor, Y: torch.Tensor, sample_weight: torch.Tensor | None, *, batch: int,
+                 cluster: Cluster, seed: int):
+        self.cluster, self.seed, self.world = cluster, seed, cluster.world_size
+        self.n_rows = global_rows(len(X), cluster, X.device)
+        self.mean_weight = mean_weight(sample_weight, self.n_rows, cluster, X.device)
+        once = torch.randperm(len(X), generator=merge.rows_generator(seed, cluster.rank)).to(X.device)
+        self.X, self.Y = X.index_select(0, once), Y.index_select(0, once)  # contiguous: batches are slices
+        self.w = None if sample_weight is None else sample_weight.index_select(0, once)
+        self.steps = merge.step_slices(len(X), max(1, min(batch, self.n_rows)), self.n_rows, cluster)
+
+    def epoch(self, epoch: int):
+        for s in torch.randperm(len(self.steps), generator=merge.epoch_generator(self.seed, epoch, 0)).tolist():
+            lo, hi, rows = self.steps[s]
+            yield [(self.X[lo:hi], self.Y[lo:hi], None if self.w is None else self.w[lo:hi], rows)]
+
+    def loss(self, pred: torch.Tensor, Y: torch.Tensor, w: torch.Tensor | None, rows: int) -> torch.Tensor:
+        """DDP averages gradients over ranks: times world_size / global step rows gives the global mean."""
+        k = Y.shape[1]
+        if w is None and self.world == 1:
+            return F.mse_loss(pred, Y)
+        if w is None:
+            return F.mse_loss(pred, Y, reduction="sum") * (self.world / (rows * k))
+        return (w[:, None] * (pred - Y) ** 2).sum() / (rows * self.mean_weight * k) * self.world
+
+    def ridge(self, weight: torch.Tensor, penalty: torch.Tensor) -> torch.Tensor:
+        return (penalty * weight ** 2).sum() / weight.shape[0]
+
+    def epoch_loss(self, blocks, weight: torch.Tensor, bias: torch.Tensor, penalty: torch.Tensor | None) -> float:
+        # a step's loss times rows * mean_weight / world_size is its rows' share of sum w * r^2 / k (all ranks)
+        share = torch.tensor([rows * self.mean_weight / self.world for _, _, rows in blocks], dtype=torch.float64)
+        losses = torch.stack([loss for loss, _, _ in blocks]).double().cpu()
+        data_loss = self.cluster.all_reduce_sum((losses * share).sum().to(self.cluster.comm_device))
+        loss = float(data_loss) / (self.n_rows * self.mean_weight)
+        if penalty is not None:
+            loss += float((penalty.double() * weight.detach().double() ** 2).sum()) / weight.shape[0]
+        return loss
+
+
+class StreamedSteps:
+    """Rows re-read from disk every epoch (`linreg.inputs.stream.StreamedRows`, one process), shuffled through
+    a buffer, in blocks of `batch` rows (None: full batch, accumulated over blocks of STREAM_BATCH rows). The
+    epoch's loss is the mean of the block losses seen during the epoch, not a second pass."""
+
+    def __init__(self, rows: StreamedRows, *, batch: int | None, seed: int, device: torch.device):
+        self.rows, self.seed, self.device = rows, seed, device
+        self.n_rows, self.mean_weight = rows.n_rows, rows.mean_weight
+        self.accumulates = batch is None
+        self.block = STREAM_BATCH if batch is None else batch
+
+    def epoch(self, epoch: int):
+        blocks = ((X, Y, w, self.n_rows if self.accumulates else len(X))
+                  for X, Y, w in self.rows.epoch(epoch, self.seed, self.block, self.device))
+        if self.accumulates:
+            yield blocks
+        else:
+            for block in blocks:
+                yield [block]
+
+    def loss(self, pred: torch.Tensor, Y: torch.Tensor, w: torch.Tensor | None, rows: int) -> torch.Tensor:
+        sq = (pred - Y) ** 2
+        return (sq.sum() if w is None else (w[:, None] * sq).sum()) / (rows * self.mean_weight * Y.shape[1])
+
+    def ridge(self, weight: torch.Tensor, penalty: torch.Tensor) -> torch.Tensor:
+        return (penalty * weight * weight).sum() / weight.shape[0]
+
+    def epoch_loss(self, blocks, weight: torch.Tensor, bias: torch.Tensor, penalty: torch.Tensor | None) -> float:
+        data_loss = 0.0
+        for loss, m, _ in blocks:
+            data_loss += float(loss) * (1.0 if self.accumulates else m / self.n_rows)
+        ridge = 0.0 if penalty is None else float((penalty * weight.detach() ** 2).sum()) / weight.shape[0]
+        return data_loss + ridge
