@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from linreg.pipeline import steps
 from linreg.config import make_config
 from linreg.errors import InputError
 from linreg.inputs.join import parse_aggregate
+from linreg.pipeline import steps
 from datagen.synth import generate
 from tests.helpers import write
 

@@ -24,10 +24,10 @@ import pytest
 import torch
 import torch.distributed as tdist
 
-from linreg.parallel import dist
 from linreg.inputs import shard
-from linreg.parallel.dist import Cluster
 from linreg.models.fit import TrainOptions, fit
+from linreg.parallel import dist
+from linreg.parallel.dist import Cluster
 from tests.conftest import REPO
 from tests.helpers import flow_run_logs, write
 
@@ -248,8 +248,8 @@ def read(out, dataset, run_id):
 
 
 def test_launch_with_nproc_per_node_equals_one_process(tmp_path):
-    from linreg.pipeline import steps
     from linreg.config import make_config
+    from linreg.pipeline import steps
 
     w, y = tables(tmp_path, partitioned=True)
     out = str(tmp_path / "out")

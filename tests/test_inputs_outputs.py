@@ -9,9 +9,9 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from linreg.pipeline import steps
 from linreg.config import make_config
 from linreg.inputs.schema import SCHEMA_VERSION
+from linreg.pipeline import steps
 from tests.helpers import linear_tables, write
 
 

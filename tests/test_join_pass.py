@@ -8,14 +8,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from linreg.pipeline import steps
 from linreg.config import make_config
 from linreg.errors import InputError
-from linreg.inputs.tables import open_table
-from linreg.inputs.buckets import MAX_BUCKETS, FixedBatches, bucket_count, bucket_cuts
+from linreg.inputs.buckets import FixedBatches, MAX_BUCKETS, bucket_count, bucket_cuts
 from linreg.inputs.join import connect, duplicate_hashes, join_tables
-from linreg.pipeline.metrics import RegionErrors
 from linreg.inputs.schema import resolve_columns
+from linreg.inputs.tables import open_table
+from linreg.pipeline import steps
+from linreg.pipeline.metrics import RegionErrors
 from tests.helpers import linear_tables, write
 
 

@@ -11,10 +11,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from linreg.pipeline import steps
 from linreg.config import make_config
 from linreg.errors import InputError
 from linreg.inputs.checks import MAX_KEY_CHARS
+from linreg.pipeline import steps
 from tests.helpers import write
 
 REGIONS = [f"R{i}" for i in range(12)]

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from linreg.pipeline import steps
 from linreg.config import make_config
 from linreg.errors import InputError
+from linreg.pipeline import steps
 from tests.helpers import write
 
 REGIONS = [f"R{i}" for i in range(10)]

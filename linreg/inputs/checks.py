@@ -10,7 +10,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from linreg.errors import InputError, format_examples
+from linreg.errors import InputError, first_line, format_examples
 from linreg.inputs.tables import BATCH_ROWS, Table, is_input_fault
 
 MAX_EXAMPLES = 5
@@ -28,7 +28,7 @@ def check_values(table: Table, keys: list[str], values: list[str]) -> int:
             if not is_input_fault(exc):
                 raise
             raise InputError(f"The {table.describe()}: file {fragment.path!r} cannot be read "
-                             f"({_first_line(exc)}): it is damaged. Write it again.") from None
+                             f"({first_line(exc, limit=300)}): it is damaged. Write it again.") from None
         if problem and problem.get("long"):
             raise InputError(
                 f"The {table.describe()}: key column {problem['column']!r} has {problem['count']} value(s) longer than "
@@ -67,7 +67,7 @@ def _check_file(table: Table, fragment, keys: list[str], values: list[str], rows
             bad = bad_mask(batch.column(name), is_key=name in keys)
             long = False
             if bad is None and name in keys:
-                bad = _long_mask(batch.column(name))
+                bad = long_key_mask(batch.column(name))
                 long = bad is not None
             if bad is None:
                 continue
@@ -79,8 +79,9 @@ def _check_file(table: Table, fragment, keys: list[str], values: list[str], rows
     return problem, rows
 
 
-def _long_mask(column: pa.Array) -> pa.Array | None:
-    """Rows whose (string) key is longer than MAX_KEY_CHARS, or None."""
+def long_key_mask(column: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray | None:
+    """Rows whose text key is longer than MAX_KEY_CHARS characters (Unicode code points, not bytes: "é" is
+    one), or None when there is none (or the column is not text)."""
     if pa.types.is_dictionary(column.type):
         column = column.cast(column.type.value_type)
     if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
@@ -90,9 +91,11 @@ def _long_mask(column: pa.Array) -> pa.Array | None:
     return long if pc.any(long).as_py() else None
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
+def longest_key_sql(column: str) -> str:
+    """A DuckDB aggregate: the length of the longest value of the (quoted) text `column`, in characters as
+    `long_key_mask` counts them (DuckDB's `length` counts code points; `strlen` would count bytes)."""
+    return f"max(length({column}))"
+
 
 
 def bad_mask(column: pa.Array, *, is_key: bool) -> pa.Array | None:

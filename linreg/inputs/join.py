@@ -25,12 +25,13 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from linreg.inputs.buckets import FixedBatches, bucket_count, bucket_cuts, partition_inputs, value_bytes
 from linreg.errors import InputError, format_examples
-from linreg.inputs.tables import Table, is_input_fault
+from linreg.inputs.buckets import FixedBatches, bucket_count, bucket_cuts, partition_inputs, value_bytes
 from linreg.inputs.schema import Columns, key_kind
 from linreg.inputs.sql import MIN_DUCKDB_MEMORY, quote
-from linreg.inputs.checks import MAX_EXAMPLES, MAX_KEY_CHARS, bad_mask, check_values, example_keys
+from linreg.inputs.tables import Table, is_input_fault
+from linreg.inputs.checks import (MAX_EXAMPLES, MAX_KEY_CHARS, bad_mask, check_values, example_keys, long_key_mask,
+                                  longest_key_sql)
 
 JOINED_BATCH_ROWS = 128 * 1024  # rows per record batch of the joined file
 KEY_HASH = "__linreg_key_hash"
@@ -211,13 +212,7 @@ def _join_tables(con: duckdb.DuckDBPyConnection, weather: Table, yields: Table, 
     weather_regions, yields_regions = (check_key_values(con, table, view, columns.keys, columns.region)
                                        for table, view in ((weather, "weather_rows"), (yields, "yields")))
     regions, region_rows = region_index(weather_regions, yields_regions)
-    key_list = ", ".join(quote(k) for k in columns.keys)
-    if aggregate:
-        aggs = ", ".join(f"{AGGREGATES[aggregate[f]]}({quote(f)}) AS {quote(f)}" for f in columns.features)
-        con.execute(f"CREATE OR REPLACE TEMP VIEW weather AS SELECT {key_list}, {aggs} FROM weather_rows "
-                    f"GROUP BY {key_list}")
-    else:
-        con.execute("CREATE OR REPLACE TEMP VIEW weather AS SELECT * FROM weather_rows")
+    weather_view(con, "weather", "weather_rows", columns, aggregate)
     values = columns.features + columns.targets + ([weight_column] if weight_column else [])
     needed = (columns.keys + columns.features,
               columns.keys + columns.targets + ([weight_column] if weight_column else []))
@@ -243,17 +238,15 @@ def _join_tables(con: duckdb.DuckDBPyConnection, weather: Table, yields: Table, 
             writer, cut = None, FixedBatches(JOINED_BATCH_ROWS)
             for lo, hi in zip([0] + cuts[:-1], cuts):  # regions [lo, hi) of the sorted regions: one bucket
                 if partitioned is None:
-                    views = ("weather_rows", "yields")
-                else:
-                    views = partitioned.views(con, cuts.index(hi))
+                    views = ("weather", "yields")
+                else:  # this bucket's rows
+                    bucket_rows = partitioned.views(con, cuts.index(hi))
+                    weather_view(con, "linreg_weather", bucket_rows[0], columns, aggregate)
+                    views = ("linreg_weather", bucket_rows[1])
                 con.register("linreg_regions", regions.slice(lo, hi - lo))
                 if aggregate:
-                    con.execute(f"CREATE OR REPLACE TEMP VIEW linreg_weather AS SELECT {key_list}, {aggs} "
-                                f"FROM {views[0]} GROUP BY {key_list}")
-                    weather_keys += con.sql("SELECT count(*) FROM linreg_weather").fetchall()[0][0]
-                else:
-                    con.execute(f"CREATE OR REPLACE TEMP VIEW linreg_weather AS SELECT * FROM {views[0]}")
-                reader = con.sql(join_query(columns, weight_column, "linreg_weather", views[1], ordered)
+                    weather_keys += con.sql(f"SELECT count(*) FROM {views[0]}").fetchall()[0][0]
+                reader = con.sql(join_query(columns, weight_column, views[0], views[1], ordered)
                                  ).to_arrow_reader(JOINED_BATCH_ROWS)
                 if writer is None:
                     schema = reader.schema.remove(reader.schema.get_field_index(KEY_HASH))
@@ -286,27 +279,46 @@ def _join_tables(con: duckdb.DuckDBPyConnection, weather: Table, yields: Table, 
     pq.write_table(regions, regions_path)
     result = JoinResult(path=out_path, weather_rows=input_rows[0], yields_rows=input_rows[1],
                         joined_rows=int(joined_rows), weather_keys=weather_keys, regions_path=regions_path)
-    if not check:
-        return result
-    if result.joined_rows == 0:
-        raise InputError(_no_rows_message(con, weather, yields, columns.keys))
-    check_drops(result, weather, yields, columns.keys, max_drop_fraction)
+    if check:
+        check_joined(con, result, weather, yields, columns.keys, max_drop_fraction)
     return result
+
+
+def check_joined(con: duckdb.DuckDBPyConnection, result: JoinResult, weather: Table, yields: Table, keys: list[str],
+                 max_drop_fraction: float) -> None:
+    """Raise InputError when the join (`result`: its counts, or every rank's totals) left no row, naming
+    example keys of both tables (the views of `con`'s join), or dropped too many rows (`check_drops`)."""
+    if result.joined_rows == 0:
+        raise InputError(_no_rows_message(con, weather, yields, keys))
+    check_drops(result, weather, yields, keys, max_drop_fraction)
+
+
+def weather_view(con: duckdb.DuckDBPyConnection, name: str, rows: str, columns: Columns,
+                 aggregate: dict[str, str] | None) -> None:
+    """Create view `name` of the weather rows of view `rows`: aggregated to the keys with `aggregate`
+    ({feature: mean|min|max|sum}; streaming in DuckDB), else the rows as they are."""
+    if aggregate:
+        key_list = ", ".join(quote(k) for k in columns.keys)
+        aggs = ", ".join(f"{AGGREGATES[aggregate[f]]}({quote(f)}) AS {quote(f)}" for f in columns.features)
+        con.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS SELECT {key_list}, {aggs} FROM {rows} GROUP BY {key_list}")
+    else:
+        con.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS SELECT * FROM {rows}")
 
 
 def check_key_values(con: duckdb.DuckDBPyConnection, table: Table, view: str, keys: list[str],
                      region: str) -> pa.Table:
     """One GROUP BY region over the table (the regions and their row counts, with the other keys' non-null
-    counts and text lengths) shows null keys and overlong text keys; `linreg.inputs.checks.check_values` then
-    names the file and rows. Returns the distinct regions and their row counts (`region`, `n_rows`)."""
+    counts and longest text, in characters) shows null keys and overlong text keys;
+    `linreg.inputs.checks.check_values` then names the file and rows. Returns the distinct regions and their
+    row counts (`region`, `n_rows`)."""
     others = [k for k in keys if k != region]
     texts = [k for k in others if key_kind(table.schema.field(k).type) == "string"]
     found = con.sql(", ".join([f"SELECT {quote(region)} AS region", "count(*) AS n_rows"]
                               + [f"count({quote(k)}) AS present_{i}" for i, k in enumerate(others)]
-                              + [f"max(strlen({quote(k)})) AS length_{i}" for i, k in enumerate(texts)])
+                              + [f"{longest_key_sql(quote(k))} AS length_{i}" for i, k in enumerate(texts)])
                     + f" FROM {view} GROUP BY ALL").to_arrow_table()
     rows = pc.sum(found.column("n_rows")).as_py() or 0
-    bad = found.column("region").null_count or long_values(found.column("region")) \
+    bad = found.column("region").null_count or long_key_mask(found.column("region")) is not None \
         or any((pc.sum(found.column(f"present_{i}")).as_py() or 0) < rows for i in range(len(others))) \
         or any((pc.max(found.column(f"length_{i}")).as_py() or 0) > MAX_KEY_CHARS for i in range(len(texts)))
     if bad:
@@ -344,13 +356,6 @@ def join_query(columns: Columns, weight_column: str | None, weather: str, yields
                                                                if k != columns.region]) if ordered else ""
     return (f"SELECT {select} FROM {weather} w JOIN {yields} y ON {on} JOIN linreg_regions r "
             f"ON w.{quote(columns.region)} = r.region{order}")
-
-
-def long_values(values: pa.ChunkedArray) -> bool:
-    """Whether a text column holds a value longer than MAX_KEY_CHARS characters (bytes bound characters)."""
-    if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
-        return False
-    return len(values) > 0 and (pc.max(pc.binary_length(values)).as_py() or 0) > MAX_KEY_CHARS
 
 
 def first_bad_value(batch: pa.RecordBatch, columns: list[str]) -> str | None:

@@ -17,11 +17,14 @@ regions (not of the rows; a few huge regions make one rank slower).
 from __future__ import annotations
 
 import hashlib
+import logging
 
 import pyarrow.dataset as ds
 
-from linreg.inputs.tables import Table
 from linreg.inputs.sql import quote
+from linreg.inputs.tables import Table
+
+log = logging.getLogger(__name__)
 
 
 def rank_of(region, world_size: int) -> int:
@@ -61,6 +64,18 @@ def restrict(table: Table, region_column: str, rank: int, world_size: int) -> tu
     # A rank that owns no region still joins (an empty result): it keeps one file, whose rows the
     # join's row filter then drops, so every rank runs the same steps.
     return subset(table, mine or fragments[:1]), True
+
+
+def rank_share(table: Table, region_column: str, rank: int, world_size: int) -> tuple[Table, Table]:
+    """(the table as `rank` reads it, the table whose files `rank` checks values of): its files when the table
+    is partitioned by region (`restrict`), else every file read (its rows filtered in the join) and every
+    world_size-th file checked (`files_to_validate`). With one rank: (table, table)."""
+    if world_size <= 1:
+        return table, table
+    mine, partitioned = restrict(table, region_column, rank, world_size)
+    log.info("shard %d of %d: reads %s %d of %d file(s)%s", rank, world_size, table.role, len(mine.files),
+             len(table.files), " (partitioned by region)" if partitioned else ", filtered by region")
+    return mine, mine if partitioned else files_to_validate(table, rank, world_size)
 
 
 def files_to_validate(table: Table, rank: int, world_size: int) -> Table:

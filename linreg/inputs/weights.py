@@ -10,8 +10,8 @@ from __future__ import annotations
 import pyarrow.compute as pc
 
 from linreg.errors import InputError, format_examples
-from linreg.inputs.tables import BATCH_ROWS, Table
 from linreg.inputs.checks import MAX_EXAMPLES, example_keys
+from linreg.inputs.tables import BATCH_ROWS, Table
 
 
 def check_weights(table: Table, keys: list[str], column: str) -> None:

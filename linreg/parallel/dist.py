@@ -1,26 +1,65 @@
 """Where this process runs: rank, world size and device, the same small object with one process or many.
 
 Under torchrun (RANK, WORLD_SIZE, LOCAL_RANK in the environment) `setup()` joins the process group: NCCL
-with one GPU per rank (cuda:LOCAL_RANK) when the device is CUDA, gloo on CPU. Trainers call
-`all_reduce_sum`, which is a no-op with one process, so they never branch on distribution.
+with one GPU per rank (cuda:LOCAL_RANK) when the device is CUDA, gloo on CPU. Every collective
+(`all_reduce_sum`, `all_gather_object`, `raise_first_error`, `union_sorted`...) is an identity with one
+process, so callers never branch on distribution. With one process nothing here imports torch until a
+tensor device is asked for (`Cluster.device`): the exact trainer runs without it.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import sys
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
-import torch
-import torch.distributed as tdist
+from linreg.errors import InputError
+
+if TYPE_CHECKING:
+    import torch
 
 
-@dataclass(frozen=True)
 class Cluster:
-    rank: int
-    world_size: int
-    local_rank: int
-    device: torch.device
+    """This process's rank among `world_size` ranks and its device (a torch.device, or its name such as
+    'cpu' or 'cuda:1', turned into a torch.device when first asked for). Immutable."""
+
+    __slots__ = ("rank", "world_size", "local_rank", "_device")
+
+    def __init__(self, rank: int, world_size: int, local_rank: int, device: torch.device | str):
+        object.__setattr__(self, "rank", rank)
+        object.__setattr__(self, "world_size", world_size)
+        object.__setattr__(self, "local_rank", local_rank)
+        object.__setattr__(self, "_device", device)
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"Cluster is immutable: cannot set {name!r}")
+
+    def __delattr__(self, name):
+        raise AttributeError(f"Cluster is immutable: cannot delete {name!r}")
+
+    def __reduce__(self):
+        return Cluster, (self.rank, self.world_size, self.local_rank, self._device)
+
+    def __repr__(self) -> str:
+        return (f"Cluster(rank={self.rank}, world_size={self.world_size}, local_rank={self.local_rank}, "
+                f"device={self._device!r})")
+
+    def _key(self) -> tuple:
+        return self.rank, self.world_size, self.local_rank, str(self._device)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Cluster) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    @property
+    def device(self) -> torch.device:
+        """The rank's tensor device (imports torch)."""
+        import torch
+
+        return self._device if isinstance(self._device, torch.device) else torch.device(self._device)
 
     @property
     def is_main(self) -> bool:
@@ -33,6 +72,8 @@ class Cluster:
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """Sum `tensor` over all ranks in place and return it (identity with one process)."""
         if self.distributed:
+            import torch.distributed as tdist
+
             tdist.all_reduce(tensor, op=tdist.ReduceOp.SUM)
         return tensor
 
@@ -40,6 +81,9 @@ class Cluster:
         """The largest of every rank's `value` (a Python float; -inf stands for a rank without data)."""
         if not self.distributed:
             return value
+        import torch
+        import torch.distributed as tdist
+
         tensor = torch.tensor([value], dtype=torch.float64, device=self.comm_device)
         tdist.all_reduce(tensor, op=tdist.ReduceOp.MAX)
         return float(tensor[0])
@@ -48,6 +92,8 @@ class Cluster:
         """[rank 0's obj, rank 1's obj, ...]: small picklable values (states, counts, rows), in rank order."""
         if not self.distributed:
             return [obj]
+        import torch.distributed as tdist
+
         gathered = [None] * self.world_size
         tdist.all_gather_object(gathered, obj)
         return gathered
@@ -56,6 +102,8 @@ class Cluster:
         """`obj` of rank `src` on every rank."""
         if not self.distributed:
             return obj
+        import torch.distributed as tdist
+
         box = [obj]
         tdist.broadcast_object_list(box, src=src)
         return box[0]
@@ -63,28 +111,61 @@ class Cluster:
     def barrier(self) -> None:
         """Wait until every rank is here (bounded by the process group's timeout)."""
         if self.distributed:
+            import torch.distributed as tdist
+
             tdist.barrier()
+
+    def raise_first_error(self, error: InputError | None) -> None:
+        """Raise on every rank the input error of the first rank (in rank order) that has one, or return
+        when none has: ranks fail together instead of waiting for the failed one in the next collective.
+        With one process: raise `error` itself, if any."""
+        if not self.distributed:
+            if error is not None:
+                raise error
+            return
+        messages = [m for m in self.all_gather_object(None if error is None else str(error)) if m]
+        if messages:
+            raise InputError(messages[0])
+
+    def union_sorted(self, values: list) -> list:
+        """The sorted union of every rank's sorted, distinct `values` (with one process: `values`)."""
+        if not self.distributed:
+            return values
+        return sorted(set().union(*self.all_gather_object(values)))
 
     @property
     def comm_device(self) -> torch.device:
         """Where tensors must be for collectives: the rank's GPU under NCCL, the CPU under gloo."""
-        return self.device if self.device.type == "cuda" else torch.device("cpu")
+        import torch
+
+        device = self.device
+        return device if device.type == "cuda" else torch.device("cpu")
 
     @property
     def backend(self) -> str | None:
-        return tdist.get_backend() if self.distributed and tdist.is_initialized() else None
+        if not self.distributed:
+            return None
+        import torch.distributed as tdist
+
+        return tdist.get_backend() if tdist.is_initialized() else None
 
 
 def resolve_device(option: str, local_rank: int = 0) -> torch.device:
     """'cpu', 'cuda' or 'auto' (cuda when available) -> the device of this rank."""
+    import torch
+
     if option == "auto":
         option = "cuda" if torch.cuda.is_available() else "cpu"
     if option == "cuda":
         if not torch.cuda.is_available():
-            from linreg.errors import InputError
             raise InputError("--device cuda was asked for, but no CUDA device is available here; use --device cpu.")
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
+
+
+def _device(option: str, local_rank: int = 0) -> torch.device | str:
+    """`resolve_device`, except that 'cpu' stays a name: a Cluster on the CPU needs no torch until a tensor does."""
+    return "cpu" if option == "cpu" else resolve_device(option, local_rank)
 
 
 def setup(device: str = "auto", timeout_seconds: float = 600.0) -> Cluster:
@@ -92,13 +173,18 @@ def setup(device: str = "auto", timeout_seconds: float = 600.0) -> Cluster:
     rank = int(os.environ.get("RANK", 0))
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    dev = resolve_device(device, local_rank)
-    if world_size > 1 and not tdist.is_initialized():
-        if dev.type == "cuda":
-            torch.cuda.set_device(dev)
-        tdist.init_process_group(backend=backend_for(dev), timeout=timedelta(seconds=timeout_seconds),
-                                 **({"device_id": dev} if dev.type == "cuda" else {}),
-                                 **_attempt_store(rank, world_size, timeout_seconds))
+    dev = _device(device, local_rank)
+    if world_size > 1:
+        import torch
+        import torch.distributed as tdist
+
+        dev = torch.device(dev)
+        if not tdist.is_initialized():
+            if dev.type == "cuda":
+                torch.cuda.set_device(dev)
+            tdist.init_process_group(backend=backend_for(dev), timeout=timedelta(seconds=timeout_seconds),
+                                     **({"device_id": dev} if dev.type == "cuda" else {}),
+                                     **_attempt_store(rank, world_size, timeout_seconds))
     return Cluster(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
 
 
@@ -111,6 +197,8 @@ def _attempt_store(rank: int, world_size: int, timeout_seconds: float) -> dict:
     restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
     if restart is None or "MASTER_ADDR" not in os.environ:
         return {}
+    import torch.distributed as tdist
+
     agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"  # the agent hosts the server
     base = tdist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size,
                           is_master=not agent_store and rank == 0, timeout=timedelta(seconds=timeout_seconds),
@@ -124,11 +212,12 @@ def backend_for(device: torch.device) -> str:
 
 
 def teardown() -> None:
-    """Leave the process group (idempotent)."""
-    if tdist.is_initialized():
+    """Leave the process group (idempotent; without importing torch when nothing did)."""
+    tdist = sys.modules.get("torch.distributed")
+    if tdist is not None and tdist.is_initialized():
         tdist.destroy_process_group()
 
 
 def single_process(device: str = "cpu") -> Cluster:
     """A one-process Cluster (for library use and tests)."""
-    return Cluster(rank=0, world_size=1, local_rank=0, device=resolve_device(device))
+    return Cluster(rank=0, world_size=1, local_rank=0, device=_device(device))

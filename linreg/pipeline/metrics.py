@@ -11,7 +11,7 @@ targets), so that a region or a target may be called anything, `all` included.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 
 from linreg.inputs.schema import metrics_schema
 from linreg.models.standardize import Moments
+from linreg.parallel.dist import Cluster
 
 
 class SplitErrors:
@@ -167,3 +168,44 @@ class RegionErrors:
     def table(self, regions: pa.Array | pa.ChunkedArray, targets: list[str]) -> pa.Table:
         """`batches` as one table."""
         return pa.Table.from_batches(list(self.batches(regions, targets)), schema=metrics_schema())
+
+
+def region_metric_batches(cluster: Cluster, by_region: RegionErrors, regions: pa.Array | pa.ChunkedArray,
+                          targets: list[str]) -> tuple[dict[str, int], Iterable[pa.RecordBatch]]:
+    """The per-region `metrics` rows of every rank, sorted by split and region, and the regions with rows per
+    split (splits without any left out). A region's rows are all on one rank, so its sums there are complete.
+
+    With one process the rows are streamed from `by_region` (millions of regions are never one table); with
+    several ranks each rank's rows are gathered (on every rank) and merged: that table is O(regions)."""
+    k = len(targets)
+    if not cluster.distributed:
+        return ({s: n for s, n in by_region.regions_per_split().items() if n},
+                by_region.batches(regions, targets))
+    table = pa.concat_tables(cluster.all_gather_object(by_region.table(regions, targets)))
+    table = table.take(pc.sort_indices(table, sort_keys=[("split", "ascending"), ("region", "ascending")]))
+    # (a stable sort: each region's targets keep their order); a row per region and target, and the total
+    counts = {c["values"]: c["counts"] // (k + 1) for c in pc.value_counts(table.column("split")).to_pylist()}
+    return counts, table.to_batches()
+
+
+def total_mse(metric_rows: list[dict]) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+    """From `metrics` rows: the MSE over all regions per split and target, and per split over all targets
+    (the totals: region null; target null for the mean over targets)."""
+    mse, mean_mse = {}, {}
+    for row in metric_rows:
+        if row["metric"] == "mse" and row["region"] is None:
+            if row["target"] is None:
+                mean_mse[row["split"]] = row["value"]
+            else:
+                mse.setdefault(row["split"], {})[row["target"]] = row["value"]
+    return mse, mean_mse
+
+
+def region_mse(metric_rows: list[dict]) -> dict[str, list[tuple[object, float]]]:
+    """From `metrics` rows: per split, (region, MSE over all targets) of each region with rows in the split,
+    in the rows' order (`RegionErrors.batches`: by region name)."""
+    found: dict[str, list[tuple[object, float]]] = {}
+    for row in metric_rows:
+        if row["metric"] == "mse" and row["region"] is not None and row["target"] is None:
+            found.setdefault(row["split"], []).append((row["region"], row["value"]))
+    return found

@@ -1,7 +1,8 @@
 """The steps of a training run, each a plain function that `tasks/` wraps for Prefect and `run()` chains.
 
 plan_run -> join_inputs -> split_rows -> fit_model -> evaluate_model -> commit_run
-(`discard` on failure). Steps pass small values (paths, counts, a few weights), never tables or tensors.
+(`discard` on failure). Each step runs the same code with one process or several ranks: the run's
+`linreg.parallel.dist.Cluster` (one process by default) makes every exchange between ranks an identity. Steps pass small values (paths, counts, a few weights), never tables or tensors.
 Passes over the data: the join (DuckDB, checked batch by batch into a local Arrow IPC file of joined
 rows), then scans of the joined file: one to fit (a second only when the exact solver needs its QR
 pass), one to predict and evaluate.
@@ -9,11 +10,11 @@ pass), one to predict and evaluate.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import importlib.metadata
 import logging
 import os
-import secrets
 import shutil
 import tempfile
 import time
@@ -21,41 +22,37 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
 import linreg
-from linreg.pipeline import blas
-from linreg.outputs import destination
-from linreg.pipeline import metrics
-from linreg.outputs import commit
-from linreg.parallel import merge
 from linreg import redact
-from linreg.inputs import shard
-from linreg.pipeline.background import BackgroundWriter, read_ahead
-from linreg.config import TrainConfig
+from linreg.config import TrainConfig, decide_run_id
 from linreg.errors import InputError
-from linreg.models.fit import FitResult, TrainOptions, fit
-from linreg.inputs.tables import BATCH_ROWS, fingerprint, open_table
-from linreg.parallel.dist import Cluster
-from linreg.inputs.join import REGION_INDEX, JoinResult, check_drops, connect, join_tables, parse_aggregate
-from linreg.outputs.migrate import check_schema_version
-from linreg.pipeline.progress import Progress
-from linreg.inputs.schema import SCHEMA_VERSION, Columns, metrics_schema, predictions_schema, resolve_columns, runs_schema
-from linreg.inputs.holdout import Split, choose_split
-from linreg.inputs.stream import StreamedRows
+from linreg.inputs import shard
 from linreg.inputs.batches import matrix, read_batches
+from linreg.inputs.holdout import Split, choose_split
+from linreg.inputs.join import JoinResult, REGION_INDEX, check_joined, connect, join_tables, parse_aggregate
+from linreg.inputs.schema import (Columns, SCHEMA_VERSION, check_weight_column, metrics_schema, predictions_schema, resolve_columns, runs_schema)
+from linreg.inputs.stream import StreamedRows
+from linreg.inputs.tables import BATCH_ROWS, fingerprint, open_table
 from linreg.inputs.weights import check_weights
-from linreg.inputs.schema import check_weight_column
+from linreg.models.fit import FitResult, TrainOptions, fit
+from linreg.outputs import commit, destination
+from linreg.outputs.migrate import recover_and_check
+from linreg.parallel import dist, merge
+from linreg.parallel.dist import Cluster
+from linreg.pipeline import blas, metrics
+from linreg.pipeline.background import BackgroundWriter, read_ahead
+from linreg.pipeline.progress import Progress
 
 log = logging.getLogger(__name__)
 SPLIT_NAMES = pa.array(["train", "holdout"])  # the predictions' split column: dictionary indices 0, 1
 
 
 def new_run_id() -> str:
-    """A UTC timestamp with a short random suffix, e.g. 20261123T021500Z-3f9a."""
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(2)
+    """A new run id (`linreg.config.decide_run_id`): a UTC timestamp with a short random suffix."""
+    return decide_run_id(None)
 
 
 @dataclass
@@ -92,8 +89,7 @@ def plan_run(config: TrainConfig) -> RunPlan:
     """Finish or sweep earlier interrupted commits; open both tables, check their schemas (footers only),
     fingerprint them, and make the staging area."""
     destination.check_writable(config.output)
-    commit.recover(config.output)
-    check_schema_version(config.output)  # a root with runs of an older layout: migrate it first
+    recover_and_check(config.output)  # finish interrupted commits; a root of an older layout: migrate it first
     weather = open_table(config.weather, "weather")
     yields = open_table(config.yields, "yields")
     columns = resolve_columns(weather, yields, features=config.features, targets=config.targets, keys=config.join_keys)
@@ -102,7 +98,7 @@ def plan_run(config: TrainConfig) -> RunPlan:
     if config.holdout_from_year is not None and config.time_column not in columns.keys:
         raise InputError(f"--holdout-from-year needs the time column {config.time_column!r} among the keys "
                          f"({', '.join(columns.keys)}).")
-    run_id = config.run_id or new_run_id()
+    run_id = decide_run_id(config.run_id)
     staging = commit.Staging.create(config.output, run_id)
     plan = RunPlan(config=config, run_id=run_id, columns=columns,
                    key_fields=[weather.schema.field(k) for k in columns.keys],
@@ -117,51 +113,37 @@ def plan_run(config: TrainConfig) -> RunPlan:
 def join_inputs(plan: RunPlan, cluster: Cluster | None = None) -> JoinResult:
     """Validate values (file by file), check keys are unique, and join the tables into the work directory.
 
-    With several ranks (cluster), each validates its share of the files and joins its shard of regions
-    (`linreg.inputs.shard`); the counts returned are the rank's, the drop checks are on all ranks' totals."""
+    Each rank of `cluster` (default: one process) validates its share of the files and joins its shard of
+    regions (`linreg.inputs.shard`: all files and rows with one process); the counts returned are the
+    rank's, the no-rows and drop checks are on all ranks' totals, and an input error of any rank is raised
+    on every rank."""
+    cluster = cluster or dist.single_process()
     start = time.perf_counter()
     config, columns = plan.config, plan.columns
-    weather = open_table(config.weather, "weather")
-    yields = open_table(config.yields, "yields")
-    world, rank = (cluster.world_size, cluster.rank) if cluster else (1, 0)
-    checked = weather, yields
-    if world > 1:  # this rank's shard: only its files when partitioned by region, else filtered in the join
-        all_files = len(weather.files), len(yields.files)
-        weather, w_partitioned = shard.restrict(weather, columns.region, rank, world)
-        yields, y_partitioned = shard.restrict(yields, columns.region, rank, world)
-        log.info("shard %d of %d: reads weather %d of %d file(s)%s, yields %d of %d file(s)%s", rank, world,
-                 len(weather.files), all_files[0], " (partitioned by region)" if w_partitioned else ", filtered by region",
-                 len(yields.files), all_files[1], " (partitioned by region)" if y_partitioned else ", filtered by region")
-        checked = (weather if w_partitioned else shard.files_to_validate(weather, rank, world),
-                   yields if y_partitioned else shard.files_to_validate(yields, rank, world))
-    problem, joined = None, None
-    try:  # values are checked on the joined rows, and their files named, by join_tables
+    weather, weather_checked = shard.rank_share(open_table(config.weather, "weather"), columns.region,
+                                                cluster.rank, cluster.world_size)
+    yields, yields_checked = shard.rank_share(open_table(config.yields, "yields"), columns.region,
+                                              cluster.rank, cluster.world_size)
+
+    def join(con) -> JoinResult:  # values are checked on the joined rows, and their files named, by join_tables
         if config.weight_column:
-            check_weights(checked[1], columns.keys, config.weight_column)
-        con = connect(plan.work_dir, plan.config.memory_budget_bytes() // 2)
-        try:
-            joined = join_tables(con, weather, yields, columns, os.path.join(plan.work_dir, "joined.arrow"),
-                                 max_drop_fraction=config.max_drop_fraction,
-                                 aggregate=parse_aggregate(config.aggregate, columns.features),
-                                 weight_column=config.weight_column,
-                                 row_filter=shard.sql_predicate(columns.region, rank, world), check=world == 1,
-                                 ordered=config.trainer != "exact", memory_limit=config.memory_budget_bytes() // 2)
-        finally:
-            con.close()
-    except InputError as exc:
-        if world == 1:
-            raise
-        problem = str(exc)
-    if world > 1:  # every rank fails with the first rank's input error, instead of waiting for it
-        problems = [p for p in cluster.all_gather_object(problem) if p]
-        if problems:
-            raise InputError(problems[0])
-    if world > 1:
+            check_weights(yields_checked, columns.keys, config.weight_column)
+        return join_tables(con, weather, yields, columns, os.path.join(plan.work_dir, "joined.arrow"),
+                           max_drop_fraction=config.max_drop_fraction,
+                           aggregate=parse_aggregate(config.aggregate, columns.features),
+                           weight_column=config.weight_column,
+                           row_filter=shard.sql_predicate(columns.region, cluster.rank, cluster.world_size),
+                           check=False, ordered=config.trainer != "exact",
+                           memory_limit=config.memory_budget_bytes() // 2)
+
+    con = connect(plan.work_dir, plan.config.memory_budget_bytes() // 2)
+    try:
+        joined = on_every_rank(cluster, lambda: join(con))
         total = global_join(cluster, joined)
-        if total.joined_rows == 0:
-            raise InputError(f"No rows are left after joining the {weather.describe()} with the {yields.describe()} "
-                             f"on ({', '.join(columns.keys)}): no key appears in both.")
-        check_drops(total, weather, yields, columns.keys, config.max_drop_fraction)
+        on_every_rank(cluster, lambda: check_joined(con, total, weather, yields, columns.keys,
+                                                    config.max_drop_fraction))
+    finally:
+        con.close()
     plan.timings["join"] = time.perf_counter() - start
     log.info("joined %d rows (weather %d rows, %d dropped; yields %d rows, %d dropped) in %.2f s",
              joined.joined_rows, joined.weather_rows, joined.weather_dropped, joined.yields_rows,
@@ -169,24 +151,34 @@ def join_inputs(plan: RunPlan, cluster: Cluster | None = None) -> JoinResult:
     return joined
 
 
+def on_every_rank(cluster: Cluster, step):
+    """step() on this rank; an InputError of any rank is raised on every rank (the first rank's), so that
+    ranks fail together instead of waiting for a failed one. With one process: step()."""
+    problem, result = None, None
+    try:
+        result = step()
+    except InputError as exc:
+        problem = exc
+    cluster.raise_first_error(problem)
+    return result
+
+
 def global_join(cluster: Cluster | None, joined: JoinResult) -> JoinResult:
-    """The join's counts summed over ranks (regions are disjoint across ranks); the path stays this rank's."""
-    if cluster is None or not cluster.distributed:
-        return joined
+    """The join's counts summed over ranks (regions are disjoint across ranks); the paths stay this rank's."""
+    cluster = cluster or dist.single_process()
     counts = cluster.all_gather_object((joined.weather_rows, joined.yields_rows, joined.joined_rows,
                                         joined.weather_keys))
     keys = None if counts[0][3] is None else sum(c[3] for c in counts)
-    return JoinResult(path=joined.path, weather_rows=sum(c[0] for c in counts), yields_rows=sum(c[1] for c in counts),
-                      joined_rows=sum(c[2] for c in counts), weather_keys=keys)
+    return dataclasses.replace(joined, weather_rows=sum(c[0] for c in counts), yields_rows=sum(c[1] for c in counts),
+                               joined_rows=sum(c[2] for c in counts), weather_keys=keys)
 
 
 def split_rows(plan: RunPlan, joined: JoinResult, cluster: Cluster | None = None) -> Split:
     """Choose the holdout (whole regions, or later years) among the regions present in both tables (of
     every rank: the union of the ranks' regions is the single-process set, so the holdout is the same)."""
     config, region = plan.config, plan.columns.region
-    regions = read_regions(joined).to_pylist()
-    if cluster is not None and cluster.distributed:
-        regions = sorted(set().union(*cluster.all_gather_object(regions)))
+    cluster = cluster or dist.single_process()
+    regions = cluster.union_sorted(read_regions(joined).to_pylist())  # sorted and distinct on each rank
     split = choose_split(regions, region_column=region, holdout_regions=config.holdout_regions,
                          holdout_fraction=config.holdout_fraction, seed=config.seed,
                          time_column=config.time_column, from_year=config.holdout_from_year)
@@ -197,7 +189,8 @@ def split_rows(plan: RunPlan, joined: JoinResult, cluster: Cluster | None = None
 def fit_model(plan: RunPlan, joined: JoinResult, split: Split, cluster: Cluster | None = None,
               checkpoint=None) -> FitResult:
     """Fit on the training rows of the joined file (one scan), with the configured trainer (data-parallel
-    over the ranks of `cluster`; `checkpoint`: `linreg.outputs.snapshot.Snapshots` for the gradient trainers)."""
+    over the ranks of `cluster`; None: `fit`'s one process, on the configured device; `checkpoint`:
+    `linreg.outputs.snapshot.Snapshots` for the gradient trainers)."""
     config, columns = plan.config, plan.columns
     lookup = split.lookup(read_regions(joined))
 
@@ -257,28 +250,40 @@ class Evaluation:
 
 def evaluate_model(plan: RunPlan, joined: JoinResult, split: Split, fit: FitResult,
                    cluster: Cluster | None = None) -> Evaluation:
-    """Predict every joined row, stream the predictions to staging, and compute the metrics.
+    """Predict every joined row and stream the predictions to staging (each rank its rows, as its own part
+    file part-<rank>.parquet), compute the metrics from the sums over all ranks, and (rank 0) write the
+    metrics and weights."""
+    cluster = cluster or dist.single_process()
+    targets = plan.columns.targets
+    regions = read_regions(joined)
+    errors, by_region = write_predictions(plan, joined, split, fit.model, regions, cluster)
+    errors = merge.merge_split_errors(cluster, errors)
+    rows = metrics.metric_rows(errors, targets, optimum_rss=fit.exact.rss, stats=fit.stats)
+    counts, region_batches = metrics.region_metric_batches(cluster, by_region, regions, targets)
+    evaluation = Evaluation(metrics=rows, rows={s: e.n for s, e in errors.items()}, regions=counts,
+                            region_rows=sum(counts.values()) * (len(targets) + 1))
+    if cluster.is_main:
+        write_metrics(plan, fit, rows, region_batches)
+    return evaluation
 
-    With several ranks each writes its rows' predictions as its own part file (part-<rank>.parquet) and
-    the sums behind the metrics are reduced over ranks; rank 0 writes the metrics and weights."""
-    world, rank = (cluster.world_size, cluster.rank) if cluster else (1, 0)
-    columns, model = plan.columns, fit.model
-    weight = plan.config.weight_column
+
+def write_predictions(plan: RunPlan, joined: JoinResult, split: Split, model, regions: pa.ChunkedArray,
+                      cluster: Cluster) -> tuple[dict[str, metrics.SplitErrors], metrics.RegionErrors]:
+    """One scan of this rank's joined rows: predict, stream the predictions to the rank's part file, and sum
+    the errors; returns this rank's sums per split (`SplitErrors`) and per split and region (`RegionErrors`)."""
+    columns, weight = plan.columns, plan.config.weight_column
     # R^2 on the training split follows the fit's convention: uncentred through the origin (as R's lm).
     errors = {"train": metrics.SplitErrors(len(columns.targets), centred=plan.config.fit_intercept),
               "holdout": metrics.SplitErrors(len(columns.targets))}
+    by_region = metrics.RegionErrors(len(regions), len(columns.targets))
     schema = predictions_schema(plan.key_fields, columns.targets, weight_column=weight)
-    path = plan.staging.file("predictions", part=rank)
-    if world > 1 and not plan.staging.is_local:  # uploaded below: staging's local directory is rank 0's
-        path = os.path.join(plan.work_dir, commit.part_file(rank))
+    path, upload = prediction_part_file(plan, cluster)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     progress = Progress("evaluation pass", joined.joined_rows, log)
-    regions = read_regions(joined)
     lookup = split.lookup(regions)
-    by_region = metrics.RegionErrors(len(regions), len(columns.targets))
     plain = schema.remove_metadata()
-    with commit.open_writer(path, schema, plan.metadata()) as writer, BackgroundWriter(writer) as background, \
-            blas.one_thread():
+    with commit.open_writer(path, schema, plan.metadata(), write_back=plan.staging.is_local) as writer, \
+            BackgroundWriter(writer) as background, blas.one_thread():
         for batch in read_batches(joined.path, columns.keys + [REGION_INDEX] + columns.features + columns.targets
                                   + ([weight] if weight else []), batch_rows=commit.PREDICTION_ROW_GROUP):
             progress.advance(batch.num_rows)
@@ -297,32 +302,28 @@ def evaluate_model(plan: RunPlan, joined: JoinResult, split: Split, fit: FitResu
             if weight:
                 out.append(pa.array(w))
             background.write(pa.Table.from_arrays(out, schema=plain))
-    if world > 1:
-        errors = merge.merge_split_errors(cluster, errors)
-        if not plan.staging.is_local:
-            plan.staging.upload("predictions", path, rank)
-    rows = metrics.metric_rows(errors, columns.targets, optimum_rss=fit.exact.rss, stats=fit.stats)
-    k = len(columns.targets)
-    if world > 1:  # a region's rows are all on one rank: its metrics are complete there
-        region_table = pa.concat_tables(cluster.all_gather_object(by_region.table(regions, columns.targets)))
-        order = pc.sort_indices(region_table, sort_keys=[("split", "ascending"), ("region", "ascending")])
-        region_table = region_table.take(order)  # a stable sort: each region's targets keep their order
-        per_split = pc.value_counts(region_table.column("split"))  # a row per region and target, and the total
-        counts = {c["values"]: c["counts"] // (k + 1) for c in per_split.to_pylist()}
-        region_batches = region_table.to_batches()
-    else:  # streamed to the file: millions of regions' rows are never one table
-        counts = {s: n for s, n in by_region.regions_per_split().items() if n}
-        region_batches = by_region.batches(regions, columns.targets)
-    evaluation = Evaluation(metrics=rows, rows={s: e.n for s, e in errors.items()}, regions=counts,
-                            region_rows=sum(counts.values()) * (k + 1))
-    if rank != 0:
-        return evaluation
-    with commit.open_writer(plan.staging.file("metrics"), metrics_schema(), plan.metadata()) as writer:
+    if upload:
+        plan.staging.upload("predictions", path, cluster.rank)
+    return errors, by_region
+
+
+def prediction_part_file(plan: RunPlan, cluster: Cluster) -> tuple[str, bool]:
+    """Where this rank writes its predictions, and whether it then uploads them itself: into staging's local
+    directory, except with several ranks and staging on object storage, where that directory is rank 0's
+    (on its machine): then each rank writes in its work directory and uploads its part."""
+    if cluster.distributed and not plan.staging.is_local:
+        return os.path.join(plan.work_dir, commit.part_file(cluster.rank)), True
+    return plan.staging.file("predictions", part=cluster.rank), False
+
+
+def write_metrics(plan: RunPlan, fit: FitResult, rows: list[dict], region_batches) -> None:
+    """The run's metrics file (the totals `rows`, then the per-region record batches) and weights file, in staging."""
+    with commit.open_writer(plan.staging.file("metrics"), metrics_schema(), plan.metadata(),
+                            write_back=plan.staging.is_local) as writer:
         writer.write_table(pa.Table.from_pylist(rows, schema=metrics_schema()))
         for batch in region_batches:
             writer.write_batch(batch)
-    commit.write_table(plan.staging.file("weights"), model.weights_table(fit.stats), plan.metadata())
-    return evaluation
+    commit.write_table(plan.staging.file("weights"), fit.model.weights_table(fit.stats), plan.metadata())
 
 
 def read_regions(joined: JoinResult) -> pa.ChunkedArray:
@@ -368,25 +369,12 @@ def commit_run(plan: RunPlan, joined: JoinResult, fit: FitResult, evaluation: Ev
     commit.write_table(plan.staging.file("runs"), pa.Table.from_pylist([run], schema=runs_schema()), plan.metadata())
     final = plan.staging.commit()
     shutil.rmtree(plan.work_dir, ignore_errors=True)
-    mse, mean_mse = total_mse(evaluation.metrics)
+    mse, mean_mse = metrics.total_mse(evaluation.metrics)
     weights = {t: dict(zip(list(fit.model.features) + ["intercept"],
                             [float(v) for v in (*fit.model.coef_[j], fit.model.intercept_[j])]))
                for j, t in enumerate(fit.model.targets)}
     return RunSummary(run_id=plan.run_id, trainer=plan.config.trainer, output=final, joined=joined,
                       rows=evaluation.rows, regions=evaluation.regions, mse=mse, weights=weights, mean_mse=mean_mse)
-
-
-def total_mse(metric_rows: list[dict]) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
-    """From `metrics` rows: the MSE over all regions per split and target, and per split over all targets
-    (the totals: region null; target null for the mean over targets)."""
-    mse, mean_mse = {}, {}
-    for row in metric_rows:
-        if row["metric"] == "mse" and row["region"] is None:
-            if row["target"] is None:
-                mean_mse[row["split"]] = row["value"]
-            else:
-                mse.setdefault(row["split"], {})[row["target"]] = row["value"]
-    return mse, mean_mse
 
 
 def discard(plan: RunPlan) -> None:

@@ -1,0 +1,75 @@
+"""Metric rows: the per-region rows of one process or of several ranks (merged in split and region order),
+and the MSEs read back from metric rows (totals per split and target, and per region)."""
+
+import numpy as np
+import pyarrow as pa
+
+from linreg.parallel.dist import single_process
+from linreg.pipeline.metrics import (RegionErrors, SplitErrors, metric_rows, region_metric_batches, region_mse, total_mse)
+
+TARGETS = ["apples", "oranges"]
+
+
+def region_errors(regions, seed):
+    """RegionErrors of random rows over `regions` (numbered 0..), both splits."""
+    rng = np.random.default_rng(seed)
+    errors = RegionErrors(len(regions), len(TARGETS))
+    number = rng.integers(0, len(regions), 200)
+    errors.update(number, number % 3 == 0, rng.random((200, 2)))
+    return errors
+
+
+class TwoRanks:
+    """A stand-in for rank 0 of two ranks: all_gather_object returns its own and `other`'s objects."""
+
+    distributed = True
+
+    def __init__(self, other):
+        self.other = other
+
+    def all_gather_object(self, obj):
+        return [obj, self.other]
+
+
+def test_one_process_streams_the_region_rows_as_region_errors_sorts_them():
+    regions = pa.array([f"R{i:02d}" for i in range(30)])
+    errors = region_errors(regions, 0)
+    counts, batches = region_metric_batches(single_process(), errors, regions, TARGETS)
+    assert counts == {s: n for s, n in errors.regions_per_split().items() if n}
+    assert pa.Table.from_batches(list(batches)).equals(errors.table(regions, TARGETS))
+
+
+def test_several_ranks_merge_their_disjoint_regions_in_split_and_region_order():
+    regions = [f"R{i:02d}" for i in range(30)]
+    mine, theirs = pa.array(regions[0::2]), pa.array(regions[1::2])  # each rank's regions
+    errors_mine, errors_theirs = region_errors(mine, 1), region_errors(theirs, 2)
+    counts, batches = region_metric_batches(TwoRanks(errors_theirs.table(theirs, TARGETS)), errors_mine, mine,
+                                            TARGETS)
+    merged = pa.Table.from_batches(list(batches)).to_pylist()
+    assert [(r["split"], r["region"]) for r in merged] == sorted((r["split"], r["region"]) for r in merged)
+    both = errors_mine.table(mine, TARGETS).to_pylist() + errors_theirs.table(theirs, TARGETS).to_pylist()
+    key = lambda r: (r["split"], r["region"], r["target"] or "")  # noqa: E731
+    assert sorted(merged, key=key) == sorted(both, key=key)
+    for split in ("train", "holdout"):
+        assert counts[split] == (errors_mine.regions_per_split()[split] + errors_theirs.regions_per_split()[split])
+
+
+def test_mse_read_back_from_metric_rows():
+    rng = np.random.default_rng(3)
+    splits = {"train": SplitErrors(2), "holdout": SplitErrors(2)}
+    for acc in splits.values():
+        acc.update(rng.random((50, 2)), rng.random((50, 2)))
+    rows = metric_rows(splits, TARGETS, optimum_rss=None)
+    regions = pa.array(["a", "all", "b"])
+    errors = region_errors(regions, 4)
+    rows += errors.table(regions, TARGETS).to_pylist()
+    mse, mean_mse = total_mse(rows)
+    for split, acc in splits.items():
+        assert mse[split] == {t: float(acc.mse[j]) for j, t in enumerate(TARGETS)}
+        assert mean_mse[split] == float(acc.mse.mean())
+    per_region = region_mse(rows)
+    for split, code in (("train", 0), ("holdout", 1)):
+        expected = [(name, float(errors.sse[:, 2 * i + code].sum() / (2 * errors.weight[2 * i + code])))
+                    for i, name in enumerate(regions.to_pylist()) if errors.rows[2 * i + code]]
+        assert [r for r, _ in per_region[split]] == [r for r, _ in expected]  # a region named "all" is a region
+        np.testing.assert_allclose([v for _, v in per_region[split]], [v for _, v in expected], rtol=1e-12)
