@@ -76,8 +76,8 @@ def join_alone_seconds(data: Path, memory_limit: str, polars_too: bool = True) -
 
 def child(data: str, memory_budget: str, trainer: str = "exact", epochs: int | None = None) -> dict:
     """One measured stage in this (child) process; returns seconds and details."""
-    from linreg.pipeline import steps
     from linreg.config import make_config
+    from linreg.pipeline import steps
 
     config = make_config(weather=f"{data}/weather", yields=f"{data}/yields", output=f"{data}/bench-out",
                          trainer=trainer, run_id="bench", memory_budget=memory_budget,

@@ -223,8 +223,7 @@ def torn_journals(state: dict) -> list[str]:
 def further_commit(root: str, c: Commit) -> list[str]:
     """A new run ('aftercrash', the recorded run's tables under another id) commits into the recovered root
     and reads back whole."""
-    from linreg.outputs import commit
-    from linreg.outputs import runindex
+    from linreg.outputs import commit, runindex
 
     try:
         staging = commit.Staging.create(root, "aftercrash")
@@ -299,11 +298,11 @@ import logging, sys
 sys.path.insert(0, ".")
 logging.disable(logging.WARNING)
 import torch
-from linreg.outputs import retention
 from linreg.config import TrainConfig
-from linreg.pipeline.steps import run
-from linreg.pipeline.scoring import ScoreConfig, score
+from linreg.outputs import retention
 from linreg.outputs.snapshot import Snapshots
+from linreg.pipeline.scoring import ScoreConfig, score
+from linreg.pipeline.steps import run
 
 ROOT, WEATHER, YIELDS = {root!r}, {weather!r}, {yields!r}
 
@@ -314,7 +313,8 @@ def train(seed):  # another seed: another holdout split, so every file of the re
 
 def save(epoch):
     class Schedule:
-        lr = 0.1
+        def state_dict(self):
+            return {{"lr": 0.1}}
     Snapshots(ROOT, "snap", every=1, rank=0, identity="x").maybe_save(
         epoch, tensors={{"w": torch.arange(4.0) * epoch}}, schedule=Schedule(), losses=[1.0] * epoch,
         generator=torch.Generator().manual_seed(epoch))
@@ -341,8 +341,8 @@ def recorded(tmp_path_factory):
     training run committing 'nightly', the same again (replacing it), a scoring run ('s1'), a prune that keeps
     the last run (so 'early' goes), then two snapshot saves (the second is checked). One process, so the
     imports are paid once; each segment starts from the tree the previous one left."""
-    from linreg.pipeline import steps
     from linreg.config import make_config
+    from linreg.pipeline import steps
 
     assert shutil.which("strace"), "strace is required by the crash-consistency tests (CI installs it: .ci/run)"
     root = str(tmp_path_factory.mktemp("crash") / "out")

@@ -11,9 +11,9 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
+from linreg.config import make_config
 from linreg.outputs import commit
 from linreg.pipeline import steps
-from linreg.config import make_config
 from tests.helpers import linear_tables
 
 

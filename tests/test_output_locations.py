@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from linreg.pipeline import steps
 from linreg.config import make_config
 from linreg.errors import EXIT_BAD_INPUT, InputError
+from linreg.pipeline import steps
 from tests.conftest import REPO
 
 
@@ -98,3 +98,13 @@ def test_a_good_output_leaves_no_probe_behind(sample_paths, tmp_path):
     steps.run(make_config(**sample_paths, output=str(tmp_path / "new" / "out"), run_id="fine"))
     leftovers = [p for p in tmp_path.rglob("*") if p.name.startswith(".linreg-probe-")]
     assert leftovers == [] and (tmp_path / "new" / "out" / "runs").is_dir()
+
+
+def test_the_cause_quoted_from_pyarrow_names_no_credential():
+    """pyarrow's message repeats the URI it was given (the real one): the cause is redacted as the output is."""
+    from linreg.outputs import destination
+
+    with pytest.raises(InputError) as info:
+        destination.check_writable("bogus://KEY:SECRET@host/out")
+    message = str(info.value)
+    assert "SECRET" not in message and "Unrecognized filesystem type in URI: bogus://***@host/out" in message

@@ -18,14 +18,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from flows import migrate as migrate_cli
-from linreg.pipeline import reuse
-from linreg.outputs import migrate
-from linreg.pipeline import steps
-from linreg.pipeline import report
-from linreg.outputs import runindex
 from linreg.config import make_config
 from linreg.errors import EXIT_BAD_INPUT, InputError
 from linreg.inputs.schema import SCHEMA_VERSION
+from linreg.outputs import migrate, runindex
+from linreg.pipeline import report, reuse, steps
 from linreg.pipeline.scoring import ScoreConfig, score
 from tests.helpers import linear_tables
 

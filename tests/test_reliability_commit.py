@@ -33,9 +33,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from linreg.outputs import locks
-from linreg.outputs import commit
 from linreg.errors import EXIT_CONFLICT
+from linreg.outputs import commit, locks
 from tests.conftest import REPO
 
 LONG = os.environ.get("LINREG_LONG_TESTS") == "1"
@@ -357,3 +356,12 @@ def test_a_staging_area_without_a_lease_is_swept_only_when_old(tmp_path):
         os.utime(path, (long_ago, long_ago))
     assert commit.recover(output) == [f"swept the stale staging area {old.name}"]
     assert os.path.isdir(fresh.area) and not os.path.exists(old.area)
+
+
+def test_locations_and_part_paths():
+    """Where a path in the output's filesystem is, as a user writes it; and the one name of a part file."""
+    assert commit.location("out", "/abs/out/runs/run_id=a", True) == "/abs/out/runs/run_id=a"
+    assert commit.location("file:///abs/out", "/abs/out/runs", True) == "/abs/out/runs"
+    assert commit.location("s3://bucket/out?region=x", "bucket/out/runs", False) == "s3://bucket/out/runs"
+    assert commit.part_path("root", "runs", "a") == "root/runs/run_id=a/part-0.parquet"
+    assert commit.part_path("root", "scores", "a", "score_run_id", 2) == "root/scores/score_run_id=a/part-2.parquet"

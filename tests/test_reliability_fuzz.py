@@ -20,10 +20,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from linreg.errors import InputError
-from linreg.inputs.tables import open_table
+from linreg.inputs.checks import check_values
 from linreg.inputs.join import connect, join_tables
 from linreg.inputs.schema import resolve_columns
-from linreg.inputs.checks import check_values
+from linreg.inputs.tables import open_table
 
 CASES = int(os.environ.get("LINREG_FUZZ_CASES", 5000 if os.environ.get("LINREG_LONG_TESTS") == "1" else 300))
 SEED = int(os.environ.get("LINREG_FUZZ_SEED", 0))

@@ -20,12 +20,12 @@ import pyarrow.parquet as pq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from linreg.pipeline import steps
 from linreg.config import make_config
-from linreg.inputs.tables import open_table
-from linreg.inputs.join import connect, join_tables
 from linreg.inputs.batches import read_joined
+from linreg.inputs.join import connect, join_tables
 from linreg.inputs.schema import resolve_columns
+from linreg.inputs.tables import open_table
+from linreg.pipeline import steps
 
 LONG = os.environ.get("LINREG_LONG_TESTS") == "1"
 RUNS = settings(max_examples=300 if LONG else 25, deadline=None, derandomize=not LONG,

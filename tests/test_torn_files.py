@@ -30,10 +30,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from linreg.outputs import locks
-from linreg.outputs import commit
-from linreg.outputs import runindex
 from linreg.config import TrainConfig
+from linreg.outputs import commit, locks, runindex
 from tests.conftest import REPO, SAMPLE
 from tests.reliability_committer import main as committer_main
 from tests.reliability_committer import tables
@@ -223,7 +221,7 @@ def test_a_large_staged_file_is_pushed_to_disk_as_it_grows(tmp_path, monkeypatch
     table = pa.table({"x": [float(i) for i in range(5000)], "k": [f"k{i}" for i in range(5000)]})
     path = tmp_path / "out" / commit.STAGING / "r.0" / "predictions" / "run_id=r" / "part-0.parquet"
     path.parent.mkdir(parents=True)
-    with commit.open_writer(str(path), table.schema, {}) as writer:
+    with commit.open_writer(str(path), table.schema, {}, write_back=True) as writer:  # a staged file
         assert isinstance(writer, commit.FlushingWriter)
         for _ in range(6):
             writer.write_table(table, row_group_size=5000)
@@ -231,6 +229,11 @@ def test_a_large_staged_file_is_pushed_to_disk_as_it_grows(tmp_path, monkeypatch
     assert all(a[0] + a[1] == b[0] for a, b in zip(calls, calls[1:]))  # contiguous stretches, none twice
     assert pq.read_table(path).equals(pa.concat_tables([table] * 6))
     with commit.open_writer(str(tmp_path / "plain.parquet"), table.schema, {}) as plain:
+        assert type(plain) is pq.ParquetWriter
+    # The caller says which it wants, wherever the file is.
+    with commit.open_writer(str(tmp_path / "pushed.parquet"), table.schema, {}, write_back=True) as pushed:
+        assert isinstance(pushed, commit.FlushingWriter)
+    with commit.open_writer(str(path), table.schema, {}, write_back=False) as plain:
         assert type(plain) is pq.ParquetWriter
 
 
@@ -348,9 +351,9 @@ def torn_newest(two_runs, tmp_path, request):
 
 @pytest.mark.parametrize("torn_newest", DAMAGES, indirect=True)
 def test_a_torn_runs_entry_is_skipped_by_every_reader_and_removed_by_the_next_run(torn_newest, tmp_path, linreg_log):
-    from linreg.pipeline import reuse
-    from linreg.outputs import retention
     from linreg.models.estimator import LinearRegression
+    from linreg.outputs import retention
+    from linreg.pipeline import reuse
     from linreg.pipeline.scoring import ScoreConfig, score
 
     out = torn_newest
@@ -386,8 +389,7 @@ def test_a_torn_runs_entry_is_skipped_by_every_reader_and_removed_by_the_next_ru
 def test_retention_removes_a_runs_entry_durably_before_its_data(two_runs, tmp_path, monkeypatch):
     """Prune: the runs entry deleted, the runs folder fsynced, only then the run's data (so no power loss
     leaves an entry whose data is gone)."""
-    from linreg.outputs import durable
-    from linreg.outputs import retention
+    from linreg.outputs import durable, retention
 
     out = str(tmp_path / "out")
     shutil.copytree(two_runs, out)
@@ -430,8 +432,14 @@ def test_a_torn_snapshot_is_ignored_with_a_warning(tmp_path, damage, linreg_log)
     snaps = snapshot.Snapshots(str(tmp_path / "out"), "s", every=1, rank=0, identity="id")
     weights, generator = {"w": torch.ones(3)}, torch.Generator().manual_seed(1)
 
-    class Schedule:
+    class Schedule:  # what a snapshot asks of the trainers' schedule
         lr = 0.1
+
+        def state_dict(self):
+            return {"lr": self.lr}
+
+        def load_state_dict(self, state):
+            self.lr = state["lr"]
 
     assert snaps.maybe_save(1, tensors=weights, schedule=Schedule(), losses=[1.0], generator=generator)
     assert snaps.load()["epoch"] == 1  # whole

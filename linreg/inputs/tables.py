@@ -15,7 +15,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from linreg import redact
-from linreg.errors import InputError, TransientIOError, format_examples, is_transient
+from linreg.errors import InputError, TransientIOError, first_line, format_examples, is_transient
 
 BATCH_ROWS = 256 * 1024  # rows per record batch handed to numpy/torch: large enough to amortize, small enough to bound memory
 
@@ -70,7 +70,7 @@ def open_table(path: str, role: str) -> Table:
     try:
         dataset = ds.dataset(root, format="parquet", filesystem=filesystem, partitioning="hive")
     except pa.ArrowTypeError as exc:  # a hive directory level and a file column of the same name, typed differently
-        raise InputError(f"The {role} table {path!r} cannot be read as one table: {_first_line(exc)}. "
+        raise InputError(f"The {role} table {path!r} cannot be read as one table: {first_line(exc)}. "
                          f"{_partition_clash_hint(filesystem, root)}") from None
     except (pa.ArrowException, OSError) as exc:
         if not is_input_fault(exc):
@@ -81,7 +81,7 @@ def open_table(path: str, role: str) -> Table:
             raise InputError(f"The {role} table {path!r}: file {file!r} has more than one column named "
                              f"{format_examples(names)}. Column names must be unique within a file: rename or "
                              "drop the repeated column(s).") from None
-        raise InputError(f"The {role} table {path!r} is not a readable Parquet dataset: {_first_line(exc)}") from None
+        raise InputError(f"The {role} table {path!r} is not a readable Parquet dataset: {first_line(exc)}") from None
     files = sorted(dataset.files)
     if not files:
         raise InputError(f"The {role} table {path!r} holds no Parquet files.")
@@ -102,7 +102,7 @@ def check_footers(table: Table) -> None:
             if not isinstance(exc, UnicodeDecodeError) and not is_input_fault(exc):
                 raise
             raise InputError(f"The {table.describe()}: file {fragment.path!r} is not a readable Parquet file "
-                             f"({_first_line(exc)}). Remove it, or write it again; files named _* or .* "
+                             f"({first_line(exc)}). Remove it, or write it again; files named _* or .* "
                              "are skipped.") from None
         repeated = sorted({n for n in physical.names if physical.names.count(n) > 1})
         if repeated:
@@ -198,8 +198,3 @@ def fingerprint(tables: list[Table]) -> dict:
         })
     digest = hashlib.sha256(json.dumps(entries, sort_keys=True).encode()).hexdigest()[:16]
     return {"sha256": digest, "tables": entries}
-
-
-def _first_line(exc: BaseException) -> str:
-    text = redact.redact(str(exc).strip())
-    return text.splitlines()[0] if text else type(exc).__name__

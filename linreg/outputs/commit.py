@@ -50,14 +50,14 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from linreg.outputs import durable
-from linreg.outputs import locks
 from linreg import redact
 from linreg.errors import RunConflictError
+from linreg.outputs import durable, locks
 
 log = logging.getLogger(__name__)
 
 DATASETS = ("weights", "metrics", "predictions", "runs")  # commit order: the runs index last
+REPORTS = "reports"  # each run's report (linreg.pipeline.report), beside the datasets; removed with the run
 PART_FILE = "part-0.parquet"
 STAGING = "_staging"
 JOURNAL = "_COMMIT"
@@ -75,8 +75,19 @@ def resolve(output: str) -> tuple[pafs.FileSystem, str, bool]:
     return filesystem, root.rstrip("/"), isinstance(filesystem, pafs.LocalFileSystem)
 
 
+def location(output: str, path: str, is_local: bool) -> str:
+    """Where `path` (a path in the filesystem that `resolve(output)` gave) is, as a user writes it: the path
+    itself on local disk, `<scheme>://<path>` on object storage (the scheme of the output's URI)."""
+    return path if is_local else output.split("://", 1)[0] + "://" + path
+
+
 def partition(root: str, dataset: str, run_id: str, key: str = "run_id") -> str:
     return f"{root}/{dataset}/{key}={run_id}"
+
+
+def part_path(root: str, dataset: str, run_id: str, key: str = "run_id", part: int = 0) -> str:
+    """The path of one partition file: `<root>/<dataset>/<key>=<run_id>/part-<part>.parquet`."""
+    return f"{partition(root, dataset, run_id, key)}/{part_file(part)}"
 
 
 @dataclass
@@ -133,7 +144,7 @@ class Staging:
     def discard(self) -> None:
         """Remove the staging area (and local files) of a run that will not commit. A decided commit (its
         journal written) is kept for `recover` to roll forward, never discarded half-moved."""
-        if _kind(self.filesystem, f"{self.area}/{JOURNAL}") == pafs.FileType.File:
+        if file_type(self.filesystem, f"{self.area}/{JOURNAL}") == pafs.FileType.File:
             log.warning("commit of %s was interrupted; the next run will roll it forward", self.name)
             return
         _delete_dir(self.filesystem, self.area)
@@ -170,8 +181,8 @@ class Staging:
                 "Rerun later to replace that run, or choose another --run-id.") from None
         if not self.is_local:
             shutil.rmtree(self.local_dir, ignore_errors=True)
-        prefix = "" if self.is_local else self.output.split("://", 1)[0] + "://"
-        return {d: prefix + partition(self.root, d, self.run_id, self.key) for d in self.datasets}
+        return {d: location(self.output, partition(self.root, d, self.run_id, self.key), self.is_local)
+                for d in self.datasets}
 
     def _check_still_ours(self) -> None:
         """Under the commit lock: the run id's runs-index entry is the one seen when this run started, and the
@@ -181,21 +192,21 @@ class Staging:
                 f"Run {self.run_id!r} was not committed: another run with the same id committed it after this run "
                 f"started (see {self.output}/runs/{self.key}={self.run_id}). Two runs with one id at the same time: "
                 "exactly one commits. Rerun to replace that run, or choose another --run-id.")
-        if _kind(self.filesystem, f"{self.area}/{LEASE}") != pafs.FileType.File:
+        if file_type(self.filesystem, f"{self.area}/{LEASE}") != pafs.FileType.File:
             raise RuntimeError(f"The staging area {self.area} of run {self.run_id!r} was removed before its commit "
                                "(its lease was older than the stale limit); nothing was committed.")
 
 
 def index_entry(filesystem: pafs.FileSystem, root: str, run_id: str) -> str | None:
     """A digest of run `run_id`'s runs-index entry (one small file), None when the run is not committed."""
-    path = f"{partition(root, 'runs', run_id)}/{PART_FILE}"
+    path = part_path(root, "runs", run_id)
     try:
         with filesystem.open_input_stream(path) as f:
             return hashlib.sha256(f.read()).hexdigest()
     except FileNotFoundError:
         return None
     except OSError:
-        if _kind(filesystem, path) == pafs.FileType.NotFound:
+        if file_type(filesystem, path) == pafs.FileType.NotFound:
             return None
         raise
 
@@ -216,12 +227,12 @@ def roll_forward(filesystem: pafs.FileSystem, root: str, name: str, journal: dic
     run_id = journal["run_id"]
     datasets = list(journal["datasets"])
     key = journal.get("key", "run_id")
-    if "runs" in datasets and _kind(filesystem, f"{area}/runs/run_id={run_id}") == pafs.FileType.Directory:
+    if "runs" in datasets and file_type(filesystem, f"{area}/runs/run_id={run_id}") == pafs.FileType.Directory:
         # While datasets are swapped, a replaced run must not look committed.
         _remove_partition(filesystem, partition(root, "runs", run_id), f"{area}/replaced-runs", is_local)
     for dataset in datasets:
         staged, final = f"{area}/{dataset}/{key}={run_id}", partition(root, dataset, run_id, key)
-        if _kind(filesystem, staged) != pafs.FileType.Directory:
+        if file_type(filesystem, staged) != pafs.FileType.Directory:
             continue  # moved by an earlier attempt
         if is_local:
             _remove_partition(filesystem, final, f"{area}/replaced-{dataset}", is_local)
@@ -270,7 +281,7 @@ def _part_number(name: str) -> int:
 
 def _remove_partition(filesystem: pafs.FileSystem, final: str, trash: str, is_local: bool) -> None:
     """Take a committed partition out of its dataset (locally by a rename into the staging area)."""
-    if _kind(filesystem, final) != pafs.FileType.Directory:
+    if file_type(filesystem, final) != pafs.FileType.Directory:
         return
     before_file_operation()
     if is_local:
@@ -279,9 +290,12 @@ def _remove_partition(filesystem: pafs.FileSystem, final: str, trash: str, is_lo
         filesystem.delete_dir(final)
 
 
-def recover(output: str, *, stale_after: dt.timedelta = STALE_LEASE) -> list[str]:
+def recover(output: str, *, stale_after: dt.timedelta = STALE_LEASE,
+            entries: dict[str, pa.Schema] | None = None) -> list[str]:
     """Roll forward interrupted commits, settle areas whose journal is unreadable, sweep stale uncommitted
-    staging areas and (locally) unreadable runs-index entries; return what was done, one line each."""
+    staging areas and (locally) unreadable runs-index entries; return what was done, one line each.
+    `entries`, when given, receives run id -> schema of each runs-index entry that this read whole and found
+    readable (locally: so that a caller needing the entries' footers does not read them again)."""
     filesystem, root, is_local = resolve(output)
     done = []
     infos = filesystem.get_file_info(pafs.FileSelector(f"{root}/{STAGING}", allow_not_found=True))
@@ -306,7 +320,7 @@ def recover(output: str, *, stale_after: dt.timedelta = STALE_LEASE) -> list[str
             done.append(message)
             log.warning("%s", message)
     if is_local:
-        done += _drop_torn_entries(output, filesystem, root)
+        done += _drop_torn_entries(output, filesystem, root, entries)
     return done
 
 
@@ -314,7 +328,7 @@ def _settle(filesystem: pafs.FileSystem, root: str, name: str, run_id: str, key:
             now: dt.datetime, stale_after: dt.timedelta) -> str | None:
     """Under the run id's commit lock: finish, remove or keep one staging area; what was done, or None."""
     area = f"{root}/{STAGING}/{name}"
-    if _kind(filesystem, area) != pafs.FileType.Directory:
+    if file_type(filesystem, area) != pafs.FileType.Directory:
         return None  # its owner finished or discarded it meanwhile
     state, journal = read_journal(filesystem, area)
     if state == "whole":
@@ -349,7 +363,7 @@ def read_journal(filesystem: pafs.FileSystem, area: str) -> tuple[str, dict | st
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         data = None
     except OSError:
-        if _kind(filesystem, f"{area}/{JOURNAL}") == pafs.FileType.File:
+        if file_type(filesystem, f"{area}/{JOURNAL}") == pafs.FileType.File:
             raise
         data = None
     if data is None:
@@ -381,9 +395,9 @@ def _moves_begun(filesystem: pafs.FileSystem, area: str, run_id: str, key: str, 
     """Whether a commit had started moving partitions: an earlier partition was taken out (`replaced-*`), or a
     staged partition is gone (`Staging.create` made one folder per dataset)."""
     for dataset in datasets:
-        if _kind(filesystem, f"{area}/replaced-{dataset}") != pafs.FileType.NotFound:
+        if file_type(filesystem, f"{area}/replaced-{dataset}") != pafs.FileType.NotFound:
             return True
-        if _kind(filesystem, f"{area}/{dataset}/{key}={run_id}") != pafs.FileType.Directory:
+        if file_type(filesystem, f"{area}/{dataset}/{key}={run_id}") != pafs.FileType.Directory:
             return True
     return False
 
@@ -396,10 +410,12 @@ def read_entry(filesystem: pafs.FileSystem, path: str) -> pa.Table:
     return table
 
 
-def _drop_torn_entries(output: str, filesystem: pafs.FileSystem, root: str) -> list[str]:
+def _drop_torn_entries(output: str, filesystem: pafs.FileSystem, root: str,
+                       entries: dict[str, pa.Schema] | None = None) -> list[str]:
     """Remove every runs-index entry that is not a readable Parquet file (that run is not committed), so that
     readers of the whole runs dataset work again; the run's other partitions are then orphans for retention.
-    Local disk only: on object storage an entry is a single PUT, whole or absent."""
+    Local disk only: on object storage an entry is a single PUT, whole or absent. The schema of each entry
+    read and found readable goes into `entries` (when given)."""
     done = []
     busy = {i.base_name.rsplit(".", 1)[0] for i in filesystem.get_file_info(
         pafs.FileSelector(f"{root}/{STAGING}", allow_not_found=True))}  # a rerun of that id replaces the entry
@@ -407,11 +423,16 @@ def _drop_torn_entries(output: str, filesystem: pafs.FileSystem, root: str) -> l
         if info.type != pafs.FileType.Directory or not info.base_name.startswith("run_id="):
             continue
         run_id, path = info.base_name.split("=", 1)[1], f"{info.path}/{PART_FILE}"
-        if run_id in busy or _entry_problem(filesystem, path) is None:
+        if run_id in busy:
+            continue
+        problem, schema = _entry_problem(filesystem, path)
+        if problem is None:
+            if schema is not None and entries is not None:
+                entries[run_id] = schema
             continue
         try:
             with locks.commit_lock(output, filesystem, root, run_id, owner="recover of a torn runs-index entry"):
-                problem = _entry_problem(filesystem, path)  # a commit may have replaced it meanwhile
+                problem, _ = _entry_problem(filesystem, path)  # a commit may have replaced it meanwhile
                 if problem is None:
                     continue
                 shutil.rmtree(info.path, ignore_errors=True)
@@ -424,17 +445,17 @@ def _drop_torn_entries(output: str, filesystem: pafs.FileSystem, root: str) -> l
     return done
 
 
-def _entry_problem(filesystem: pafs.FileSystem, path: str) -> str | None:
-    """Why an existing runs-index entry cannot be read, or None (readable, or gone)."""
+def _entry_problem(filesystem: pafs.FileSystem, path: str) -> tuple[str | None, pa.Schema | None]:
+    """(why an existing runs-index entry cannot be read, None), or (None, its schema) when it is readable,
+    or (None, None) when it is gone."""
     try:
-        read_entry(filesystem, path)
-        return None
+        return None, read_entry(filesystem, path).schema
     except FileNotFoundError:
-        return None
+        return None, None
     except (OSError, pa.ArrowException) as exc:
-        if _kind(filesystem, path) != pafs.FileType.File:
-            return None
-        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if file_type(filesystem, path) != pafs.FileType.File:
+            return None, None
+        return (str(exc).splitlines()[0] if str(exc) else type(exc).__name__), None
 
 
 def _lease_stale(filesystem: pafs.FileSystem, area: str, now: dt.datetime, stale_after: dt.timedelta) -> bool:
@@ -493,12 +514,14 @@ def write_table(path: str, table: pa.Table, metadata: dict[bytes, bytes]) -> Non
     pq.write_table(table.replace_schema_metadata(metadata), path, compression="snappy")
 
 
-def open_writer(path: str, schema: pa.Schema, metadata: dict[bytes, bytes]) -> pq.ParquetWriter:
-    """A writer for a large output (predictions); float columns skip dictionary encoding. Writing into a
-    local staging area, it pushes the file to disk as it grows (`FlushingWriter`)."""
+def open_writer(path: str, schema: pa.Schema, metadata: dict[bytes, bytes], *,
+                write_back: bool = False) -> pq.ParquetWriter:
+    """A writer for a large output (predictions); float columns skip dictionary encoding. With `write_back`
+    (a file the commit will fsync: one in a local staging area, `Staging.is_local`) it pushes the file to disk
+    as it grows (`FlushingWriter`)."""
     schema = schema.with_metadata(metadata)
     dictionary = [f.name for f in schema if not pa.types.is_floating(f.type)]
-    kind = FlushingWriter if f"/{STAGING}/" in os.path.abspath(path) else pq.ParquetWriter
+    kind = FlushingWriter if write_back else pq.ParquetWriter
     return kind(path, schema, compression="snappy", use_dictionary=dictionary)
 
 
@@ -525,7 +548,8 @@ class FlushingWriter(pq.ParquetWriter):
             self._flushed = size
 
 
-def _kind(filesystem: pafs.FileSystem, path: str) -> pafs.FileType:
+def file_type(filesystem: pafs.FileSystem, path: str) -> pafs.FileType:
+    """File, Directory or NotFound: what `path` is in `filesystem`."""
     return filesystem.get_file_info(path).type
 
 
@@ -536,14 +560,14 @@ def _write_text(filesystem: pafs.FileSystem, path: str, text: str) -> None:
 
 def _read_text(filesystem: pafs.FileSystem, path: str) -> str | None:
     """A small file's text (bytes that are not UTF-8 replaced: a torn file is the caller's to judge)."""
-    if _kind(filesystem, path) != pafs.FileType.File:
+    if file_type(filesystem, path) != pafs.FileType.File:
         return None
     with filesystem.open_input_stream(path) as f:
         return f.read().decode(errors="replace")
 
 
 def _delete_dir(filesystem: pafs.FileSystem, path: str) -> None:
-    if _kind(filesystem, path) == pafs.FileType.Directory:
+    if file_type(filesystem, path) == pafs.FileType.Directory:
         filesystem.delete_dir(path)
     parent = path.rsplit("/", 1)[0]
     if isinstance(filesystem, pafs.LocalFileSystem):  # rmdir: only when empty, even if another run just made one
@@ -556,7 +580,7 @@ def _delete_dir(filesystem: pafs.FileSystem, path: str) -> None:
     # Object storage: pyarrow leaves a marker for the empty parent; remove it. (Another run may remove it
     # at the same time, and a run creating its area in between can lose its marker and lease: it then fails
     # at its commit, `_check_still_ours`, rather than publish anything.)
-    if parent.endswith(f"/{STAGING}") and _kind(filesystem, parent) == pafs.FileType.Directory:
+    if parent.endswith(f"/{STAGING}") and file_type(filesystem, parent) == pafs.FileType.Directory:
         if not filesystem.get_file_info(pafs.FileSelector(parent, allow_not_found=True)):
             try:
                 filesystem.delete_dir(parent)

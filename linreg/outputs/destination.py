@@ -14,7 +14,7 @@ import secrets
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from linreg.errors import InputError
+from linreg.errors import InputError, first_line
 from linreg.redact import redact, reveal
 
 PROBE = ".linreg-probe-"
@@ -36,7 +36,7 @@ def check_writable(output: str) -> None:
         else:
             filesystem, root = pafs.LocalFileSystem(), os.path.abspath(output)
     except (pa.ArrowInvalid, ValueError) as exc:
-        raise _error(output, f"it is not a path or a URI that pyarrow understands ({_first_line(exc)})") from None
+        raise _error(output, f"it is not a path or a URI that pyarrow understands ({first_line(exc)})") from None
     if isinstance(filesystem, pafs.LocalFileSystem):
         _check_local(output, root)
     else:
@@ -78,7 +78,7 @@ def _check_remote(output: str, filesystem: pafs.FileSystem, root: str) -> None:
     except OSError as exc:
         text = str(exc)
         if "ACCESS_DENIED" in text or "AccessDenied" in text or "Forbidden" in text or "403" in text:
-            raise _error(output, f"writing there is not allowed ({_first_line(exc)})") from None
+            raise _error(output, f"writing there is not allowed ({first_line(exc)})") from None
         if "NoSuchBucket" in text or "NOT_FOUND" in text:
             raise _error(output, f"the bucket {bucket!r} does not exist (create it first)") from None
         raise  # a network or service failure: transient, retried where the step retries
@@ -87,8 +87,3 @@ def _check_remote(output: str, filesystem: pafs.FileSystem, root: str) -> None:
 def _error(output: str, cause: str) -> InputError:
     return InputError(f"The output {redact(output)!r} cannot be written: {cause}. Choose another --output, or fix "
                       "the location; nothing was read or written.")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

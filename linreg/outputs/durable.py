@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+from typing import Callable
 
 
 def fsync_file(path: str) -> None:
@@ -36,20 +37,29 @@ def fsync_dir(path: str) -> None:
 
 
 def write_atomic(path: str, data: bytes) -> None:
-    """Write `path` whole or not at all, durably: a temporary name in the same folder, written and fsynced,
-    renamed over `path`, then the folder fsynced. A reader (or a restart after a power loss) sees the old
-    file or the new one, never a torn one; a leftover temporary file (`.<name>.<token>.tmp`) is garbage."""
-    folder, name = os.path.split(path)
-    temporary = os.path.join(folder, f".{name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    try:
+    """Write the bytes `data` to `path` whole or not at all, durably (`replace`)."""
+    def write(temporary: str) -> None:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
-            os.fsync(fd)
         finally:
             os.close(fd)
+
+    replace(path, write)
+
+
+def replace(path: str, write: Callable[[str], None]) -> None:
+    """Make `path` whole or not at all, durably: `write(temporary)` creates the new file under a temporary name
+    in the same folder; it is fsynced, renamed over `path`, then the folder fsynced. A reader (or a restart
+    after a power loss) sees the old file or the new one, never a torn one; a leftover temporary file
+    (`.<name>.<token>.tmp`, `is_temporary`) is garbage, and none is left when `write` or a step fails."""
+    folder, name = os.path.split(path)
+    temporary = os.path.join(folder, f".{name}.{secrets.token_hex(4)}.tmp")
+    try:
+        write(temporary)
+        fsync_file(temporary)
         os.rename(temporary, path)
     except BaseException:
         with contextlib.suppress(OSError):  # a full disk, say: leave no temporary file behind
@@ -59,7 +69,7 @@ def write_atomic(path: str, data: bytes) -> None:
 
 
 def is_temporary(name: str, of: str) -> bool:
-    """Whether `name` is a temporary file that write_atomic left for the file named `of`."""
+    """Whether `name` is a temporary file that `replace` (or `write_atomic`) left for the file named `of`."""
     return name.startswith(f".{of}.") and name.endswith(".tmp")
 
 

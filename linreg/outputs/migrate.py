@@ -13,12 +13,13 @@ Schema version 2 (`linreg.inputs.schema.SCHEMA_VERSION`) changed two things of v
 
 A training or scoring run into a root that holds runs of another version stops before doing anything
 (`check_schema_version`, InputError, exit code 2): mixed in one dataset, the two layouts would break
-every reader. The check reads only the footers of the runs entries (one small file per run).
+every reader. The check reads only the footers of the runs entries (one small file per run), and not even
+those when `commit.recover` has just read the entries whole (`recover_and_check`: a run's first step).
 
 `migrate` rewrites each run of version 1, under its run id's commit lock: its metrics file, then its runs
 entry last (the entry's version is what the check reads, so a run is migrated once its entry is). Each
-file is replaced whole: locally written to a temporary file in the same folder, fsynced, renamed over the
-old one and the folder fsynced; on object storage written as one object. A file already at version 2 is
+file is replaced whole: locally by `durable.replace` (a temporary file in the same folder, fsynced, renamed
+over the old one, the folder fsynced: as the commit's journal); on object storage written as one object. A file already at version 2 is
 left alone, so a migration interrupted at any point is finished by running it again.
 
 Version 1 metrics of a region literally named 'all': its rows and the totals share region 'all'. The
@@ -30,8 +31,6 @@ Target 'all' always meant the mean over targets (version 1 refused a target name
 from __future__ import annotations
 
 import logging
-import os
-import secrets
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -40,12 +39,9 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from linreg.outputs import durable
-from linreg.outputs import locks
-from linreg.outputs import commit
-from linreg.outputs import runindex
 from linreg.errors import InputError, format_examples
 from linreg.inputs.schema import SCHEMA_VERSION
+from linreg.outputs import commit, durable, locks, runindex
 
 log = logging.getLogger(__name__)
 
@@ -63,18 +59,26 @@ def file_version(filesystem: pafs.FileSystem, path: str, *, runs_entry: bool = F
     """The schema version of one output file, from its footer: its `linreg.schema_version` metadata (none:
     "1"), and "1" for a runs entry with a `run_id` column whatever its metadata says (version 1's layout)."""
     with filesystem.open_input_file(path) as f:
-        schema = pq.read_schema(f)
+        return schema_version(pq.read_schema(f), runs_entry=runs_entry)
+
+
+def schema_version(schema: pa.Schema, *, runs_entry: bool = False) -> str:
+    """The schema version a file's schema records (see `file_version`)."""
     if runs_entry and "run_id" in schema.names:
         return "1"
     return (schema.metadata or {}).get(VERSION_KEY, b"1").decode()
 
 
-def run_versions(output: str) -> dict[str, str]:
-    """run id -> schema version of every committed run (its runs entry's footer; nothing else is read)."""
+def run_versions(output: str, entries: dict[str, pa.Schema] | None = None) -> dict[str, str]:
+    """run id -> schema version of every committed run (its runs entry's footer; nothing else is read).
+    `entries`: run id -> schema of entries already read (by `commit.recover`), not read again."""
     filesystem, root, _ = commit.resolve(output)
     found = {}
     for run_id in runindex.partitions(output, "runs"):
-        path = _part(root, "runs", run_id)
+        if entries and run_id in entries:
+            found[run_id] = schema_version(entries[run_id], runs_entry=True)
+            continue
+        path = commit.part_path(root, "runs", run_id)
         try:
             found[run_id] = file_version(filesystem, path, runs_entry=True)
         except (OSError, pa.ArrowException):
@@ -82,9 +86,19 @@ def run_versions(output: str) -> dict[str, str]:
     return found
 
 
-def check_schema_version(output: str) -> None:
-    """Refuse (InputError, exit 2) an output root that holds runs written with another schema version."""
-    versions = run_versions(output)
+def recover_and_check(output: str) -> list[str]:
+    """`commit.recover(output)`, then `check_schema_version(output)`, each runs entry read once: locally recover
+    reads every entry whole (to find torn ones) and the check takes the versions from what it read."""
+    entries: dict[str, pa.Schema] = {}
+    done = commit.recover(output, entries=entries)
+    check_schema_version(output, entries)
+    return done
+
+
+def check_schema_version(output: str, entries: dict[str, pa.Schema] | None = None) -> None:
+    """Refuse (InputError, exit 2) an output root that holds runs written with another schema version.
+    `entries`: run id -> schema of runs entries already read (`run_versions`)."""
+    versions = run_versions(output, entries)
     older = sorted(r for r, v in versions.items() if _older(v))
     newer = sorted(r for r, v in versions.items() if v != SCHEMA_VERSION and not _older(v))
     if newer:
@@ -120,11 +134,12 @@ class Migration:
 def migrate(output: str, *, dry_run: bool = False) -> Migration:
     """Rewrite every run of schema version 1 of `output` to the current version (idempotent)."""
     filesystem, root, is_local = commit.resolve(output)
-    if _kind(filesystem, root) != pafs.FileType.Directory:
+    if commit.file_type(filesystem, root) != pafs.FileType.Directory:
         raise InputError(f"The output {output!r} does not exist (or is not a directory): nothing to migrate.")
-    if not dry_run:
-        commit.recover(output)  # interrupted commits (of either version) are finished first, then migrated
-    versions = run_versions(output)
+    entries: dict[str, pa.Schema] = {}
+    if not dry_run:  # interrupted commits (of either version) are finished first, then migrated
+        commit.recover(output, entries=entries)
+    versions = run_versions(output, entries)
     newer = sorted(r for r, v in versions.items() if v != SCHEMA_VERSION and not _older(v))
     if newer:
         raise InputError(f"The output {output!r} holds run(s) {format_examples(newer)} of schema version "
@@ -132,10 +147,10 @@ def migrate(output: str, *, dry_run: bool = False) -> Migration:
                          "with this version of the project.")
     done = Migration(current=sum(v == SCHEMA_VERSION for v in versions.values()))
     for run_id in sorted(r for r, v in versions.items() if _older(v)):
-        files = [_part(root, "metrics", run_id), _part(root, "runs", run_id)]  # the runs entry last
+        files = [commit.part_path(root, d, run_id) for d in ("metrics", "runs")]  # the runs entry last
         if dry_run:
             done.runs.append(run_id)
-            done.files += [p for p in files if _kind(filesystem, p) == pafs.FileType.File]
+            done.files += [p for p in files if commit.file_type(filesystem, p) == pafs.FileType.File]
             continue
         try:
             with locks.commit_lock(output, filesystem, root, run_id, owner=f"migrate of {run_id}"):
@@ -153,7 +168,8 @@ def _migrate_run(filesystem: pafs.FileSystem, files: list[str], is_local: bool) 
     """Rewrite a run's metrics file and then its runs entry, each only if still at version 1."""
     rewritten = []
     metrics_path, runs_path = files
-    if _kind(filesystem, metrics_path) == pafs.FileType.File and _older(file_version(filesystem, metrics_path)):
+    if (commit.file_type(filesystem, metrics_path) == pafs.FileType.File
+            and _older(file_version(filesystem, metrics_path))):
         seen: set[tuple] = set()
         _rewrite(filesystem, metrics_path, lambda batch: metrics_v2(batch, seen), is_local)
         rewritten.append(metrics_path)
@@ -205,30 +221,13 @@ def _rewrite(filesystem: pafs.FileSystem, path: str, change, is_local: bool) -> 
                 for batch in reader.iter_batches(batch_size=BATCH_ROWS):
                     writer.write_batch(change(batch).replace_schema_metadata(metadata))
 
-        if not is_local:  # one object, visible only when its upload completes
+        if is_local:
+            durable.replace(path, write)
+        else:  # one object, visible only when its upload completes
             with filesystem.open_output_stream(path) as sink:
                 write(sink)
-            return
-        folder, name = os.path.split(path)
-        temporary = os.path.join(folder, f".{name}.{secrets.token_hex(4)}.tmp")  # no reader globs it
-        try:
-            write(temporary)
-            durable.fsync_file(temporary)
-            durable.rename(temporary, path)
-        except BaseException:
-            if os.path.exists(temporary):
-                os.remove(temporary)
-            raise
 
 
 def _older(version: str) -> bool:
     """An older version this one migrates (anything unknown is left alone: refused, never rewritten)."""
     return version.isdigit() and int(version) < int(SCHEMA_VERSION)
-
-
-def _part(root: str, dataset: str, run_id: str) -> str:
-    return f"{commit.partition(root, dataset, run_id)}/{commit.PART_FILE}"
-
-
-def _kind(filesystem: pafs.FileSystem, path: str) -> pafs.FileType:
-    return filesystem.get_file_info(path).type

@@ -20,15 +20,12 @@ from dataclasses import dataclass, field
 
 import pyarrow.fs as pafs
 
-from linreg.outputs import durable
-from linreg.outputs import commit
-from linreg.outputs import runindex
 from linreg.errors import InputError
-from linreg.pipeline.report import REPORTS
+from linreg.outputs import commit, durable, runindex
 
 log = logging.getLogger(__name__)
 
-DATA = tuple(d for d in commit.DATASETS if d != "runs") + (REPORTS,)
+DATA = tuple(d for d in commit.DATASETS if d != "runs") + (commit.REPORTS,)
 
 
 @dataclass

@@ -15,8 +15,8 @@ import logging
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from linreg.outputs import commit
 from linreg.errors import InputError
+from linreg.outputs import commit
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ def read_runs(output: str) -> list[dict]:
     filesystem, root, _ = commit.resolve(output)
     rows = []
     for run_id in partitions(output, "runs"):
-        path = f"{commit.partition(root, 'runs', run_id)}/{commit.PART_FILE}"
+        path = commit.part_path(root, "runs", run_id)
         if filesystem.get_file_info(path).type == pafs.FileType.File:
             row = entry_row(filesystem, path, run_id)
             if row is not None:

@@ -29,8 +29,9 @@ import pyarrow.parquet as pq  # noqa: E402
 
 from linreg.outputs import commit  # noqa: E402
 from linreg.inputs.schema import pred_column  # noqa: E402
+from linreg.pipeline.metrics import region_mse as regions_mse  # noqa: E402
 
-REPORTS = "reports"
+REPORTS = commit.REPORTS
 MAX_POINTS = 4000      # scatter points per target: enough to see the cloud, small enough to draw fast
 MAX_REGIONS = 25       # bars in the per-region chart: the worst regions, the rest summarized in the title
 MAX_TARGETS = 6        # scatter panels
@@ -63,13 +64,13 @@ def target_label(target: str | None) -> str:
 
 
 def _read_metrics(filesystem, root: str, run_id: str) -> list[dict]:
-    path = f"{commit.partition(root, 'metrics', run_id)}/{commit.PART_FILE}"
+    path = commit.part_path(root, "metrics", run_id)
     return pq.read_table(path, filesystem=filesystem).to_pylist()
 
 
 def _holdout_sample(filesystem, root: str, run_id: str, targets: list[str], total: int) -> dict[str, np.ndarray]:
     """Evenly spaced holdout rows (at most MAX_POINTS): actual and predicted per target."""
-    path = f"{commit.partition(root, 'predictions', run_id)}/{commit.PART_FILE}"
+    path = commit.part_path(root, "predictions", run_id)
     stride = max(1, math.ceil(total / MAX_POINTS))
     columns = ["split"] + [c for t in targets for c in (t, pred_column(t))]
     kept: dict[str, list] = {c: [] for c in columns[1:]}
@@ -189,16 +190,15 @@ def write_report(output: str, run_id: str, *, trainer: str, losses: list[float] 
     table = metric_table(metric_rows)
     targets = [e["target"] for e in table if e["split"] == "train" and e["target"] is not None]
     holdout_rows = next((e["rows"] for e in table if e["split"] == "holdout"), 0)
-    region_mse = [(r["region"], r["value"]) for r in metric_rows if r["split"] == "holdout" and
-                  r["region"] is not None and r["target"] is None and r["metric"] == "mse"]
+    region_mse = regions_mse(metric_rows).get("holdout", [])
     sample = _holdout_sample(filesystem, root, run_id, targets, holdout_rows) if holdout_rows else {}
     png = _figure(run_id, trainer, list(losses or []), table, region_mse, sample, targets)
     directory = f"{root}/{REPORTS}/run_id={run_id}"
     filesystem.create_dir(directory, recursive=True)
     _put(filesystem, f"{directory}/report.png", png)
     _put(filesystem, f"{directory}/report.html", _html(run_id, trainer, table, "report.png", region_mse).encode())
-    prefix = "" if is_local else output.split("://", 1)[0] + "://"
-    return ReportPaths(png=prefix + f"{directory}/report.png", html=prefix + f"{directory}/report.html")
+    return ReportPaths(png=commit.location(output, f"{directory}/report.png", is_local),
+                       html=commit.location(output, f"{directory}/report.html", is_local))
 
 
 def summary_markdown(*, run_id: str, trainer: str, config: dict, fingerprint: dict, rows: dict,
