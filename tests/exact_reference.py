@@ -2,7 +2,7 @@
 
 Every float64 is an exact rational, so the solution below is the exact minimizer of the float64 inputs,
 rounded once to float64 at the end. Small problems only (Python rationals): tens of rows, a few columns.
-Tested itself in tests/test_exact_reference.py.
+Tested itself in tests/models/test_exact_reference.py.
 """
 
 from __future__ import annotations

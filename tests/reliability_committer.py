@@ -1,4 +1,4 @@
-"""A tiny committer for the kill and concurrency tests (tests/test_reliability_commit.py): stages four small
+"""A tiny committer for the kill and concurrency tests (tests/outputs/test_commit.py): stages four small
 datasets for one run id and commits them with linreg.outputs.commit.Staging, without importing torch.
 
     python -m tests.reliability_committer --output OUT --run-id ID --writer W --rows N

@@ -1,4 +1,4 @@
-"""Runs the training flow in forked children of one warm process, for tests/test_reliability_flow.py.
+"""Runs the training flow in forked children of one warm process, for tests/flows/test_train_killed.py.
 
 Each child runs `flows.train.main(argv)`, which is what `python -m flows.train <argv>` runs (the real Prefect
 flow, against the server in PREFECT_API_URL); forking from a process that has already imported torch, Prefect,

@@ -77,7 +77,7 @@ def rename(src: str, dst: str) -> None:
     """Rename durably: then fsync the destination's folder, so the new name exists after a power loss.
     Journaling file systems (ext4, XFS, btrfs) persist a rename as one unit, so the old name is gone with
     it; the source folder is not synced (PostgreSQL's durable_rename does the same, and the crash model of
-    tests/test_crash_consistency.py finds nothing that such an fsync would make durable)."""
+    tests/outputs/test_commit_power_loss.py finds nothing that such an fsync would make durable)."""
     os.rename(src, dst)
     fsync_dir(os.path.dirname(dst))
 

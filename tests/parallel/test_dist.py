@@ -1,5 +1,5 @@
 """The one-process Cluster: every collective an identity, and nothing imports torch until a tensor device is
-asked for (the exact trainer runs without torch). Several ranks are tested in tests/test_distributed.py."""
+asked for (the exact trainer runs without torch). Several ranks are tested in tests/launch/test_torchrun.py."""
 
 import os
 import pickle

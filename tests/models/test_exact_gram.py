@@ -8,7 +8,7 @@ import pytest
 
 from linreg.models.exact import ExactAccumulator, GRAM_MAX_CONDITION, GramAccumulator
 from linreg.models.fit import fit
-from tests.test_exact import exact_lstsq, params, polynomial_problem, rel_err
+from tests.models.test_exact import exact_lstsq, params, polynomial_problem, rel_err
 
 
 def random_problem(m=500, p=4, k=3, seed=0, noise=1.0):

@@ -3,7 +3,7 @@ import pytest
 
 from linreg.errors import InputError
 from linreg.models.exact import ExactAccumulator
-from tests.exact_reference import exact_lstsq  # noqa: F401  (tests/test_gram.py imports it from here)
+from tests.exact_reference import exact_lstsq  # noqa: F401  (tests/models/test_exact_gram.py imports it from here)
 
 
 def lstsq_fit(X, Y, fit_intercept=True):

@@ -10,7 +10,7 @@ with RunConflictError (exit code 3); with different ids all commit, each partiti
 
 On local disk each kill is also checked with the journal it left cut in half (`torn_journal_recovers`, on a
 copy): recovery completes the commit if its moves had begun, else drops it, and the invariants hold.
-Power losses (unsynced data lost, not only a killed process) are modelled in tests/test_crash_consistency.py.
+Power losses (unsynced data lost, not only a killed process) are modelled in tests/outputs/test_commit_power_loss.py.
 
 LINREG_LONG_TESTS=1 runs the long version: more part counts and a double fault at every kill point.
 """

@@ -35,7 +35,7 @@ from linreg.outputs import commit, locks, runindex
 from tests.conftest import REPO, SAMPLE
 from tests.reliability_committer import main as committer_main
 from tests.reliability_committer import tables
-from tests.test_reliability_commit import check_recovered, runs_writer, snapshot as published, untouched
+from tests.outputs.test_commit import check_recovered, runs_writer, snapshot as published, untouched
 
 LONG = os.environ.get("LINREG_LONG_TESTS") == "1"
 DAMAGES = ("empty", "truncated", "random")

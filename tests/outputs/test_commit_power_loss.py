@@ -21,7 +21,7 @@ CI checks a sample (every point that changes a folder or syncs, every third of t
 variants of each; the fsync drops on the replacing commit only): about a minute on 2 cores, most of it the
 recording. LINREG_LONG_TESTS=1 checks every point with every variant. strace is required: CI installs it.
 
-In the docs, this paragraph: "tests/test_crash_consistency.py records each kind of commit (new and replacing
+In the docs, this paragraph: "tests/outputs/test_commit_power_loss.py records each kind of commit (new and replacing
 training runs, scoring, retention, snapshots) with strace, including the bytes pyarrow's C++ threads write,
 and replays it on a model file system that keeps what was fsynced apart from what was only written (as ALICE,
 OSDI 2014, and SQLite's crash-test file system do). At every point it materializes the states a power loss may
