@@ -32,6 +32,10 @@ if __name__ == "__main__":
         from linreg.launch.torchrun import cli_main  # launch torchrun; Prefect is not needed (nor imported) for that
 
         sys.exit(cli_main(sys.argv[1:]))
+    if {"-h", "--help"} & set(sys.argv[1:]):  # answered from the configuration alone: no torch, Prefect or DuckDB
+        from linreg.config import build_parser
+
+        build_parser(description=__doc__.split("\n\n")[0]).parse_args(sys.argv[1:])
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run

@@ -19,17 +19,13 @@ import json
 import math
 from dataclasses import dataclass
 
-import matplotlib
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
-matplotlib.use("Agg")  # no display on workers
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pyarrow.compute as pc  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
-
-from linreg.outputs import commit  # noqa: E402
-from linreg.inputs.schema import pred_column  # noqa: E402
-from linreg.pipeline.metrics import region_mse as regions_mse  # noqa: E402
+from linreg.inputs.schema import pred_column
+from linreg.outputs import commit
+from linreg.pipeline.metrics import region_mse as regions_mse
 
 REPORTS = commit.REPORTS
 MAX_POINTS = 4000      # scatter points per target: enough to see the cloud, small enough to draw fast
@@ -87,6 +83,11 @@ def _holdout_sample(filesystem, root: str, run_id: str, targets: list[str], tota
 
 def _figure(run_id: str, trainer: str, losses: list[float], table: list[dict], region_mse: list[tuple[str, float]],
             sample: dict[str, np.ndarray], targets: list[str]) -> bytes:
+    import matplotlib  # here, not at the top: importing the flow costs nothing until a picture is drawn
+
+    matplotlib.use("Agg")  # no display on workers
+    import matplotlib.pyplot as plt
+
     shown = targets[:MAX_TARGETS]
     ncols = max(2, len(shown))
     fig = plt.figure(figsize=(4.2 * ncols, 8.4), layout="constrained")

@@ -115,3 +115,20 @@ def test_cli_bad_input_exits_2_with_one_paragraph_and_no_traceback(tmp_path):
 def test_cli_usage_error_exits_2(tmp_path):
     result = _cli(["--trainer", "sgd"], tmp_path)
     assert result.returncode == 2 and "invalid choice" in result.stderr
+
+
+def test_help_is_answered_without_torch_prefect_or_duckdb(tmp_path):
+    """--help comes from the configuration alone, so it answers at once; the text is the full parser's."""
+    probe = ("import runpy, sys\nsys.argv = ['flows.train', '--help']\n"
+             "try:\n    runpy.run_module('flows.train', run_name='__main__')\nexcept SystemExit as exc:\n"
+             "    assert exc.code == 0, exc.code\n"
+             "heavy = sorted(m for m in ('torch', 'prefect', 'duckdb', 'matplotlib') if m in sys.modules)\n"
+             "print('HEAVY', heavy, file=sys.stderr)\n")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "COLUMNS": "100"})
+    assert result.returncode == 0, result.stderr
+    assert "HEAVY []" in result.stderr
+    full = subprocess.run([sys.executable, "-c", "import flows.train as t; print(t.build_parser(description="
+                           "t.__doc__.split(chr(10) * 2)[0]).format_help(), end='')"], cwd=REPO, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "COLUMNS": "100"})
+    assert result.stdout == full.stdout and "--memory-budget" in result.stdout

@@ -5,6 +5,8 @@ unchanged run."""
 import errno
 import json
 import os
+import subprocess
+import sys
 
 import matplotlib.image as mpimg
 import pyarrow.parquet as pq
@@ -19,6 +21,7 @@ from linreg.config import make_config
 from linreg.errors import InputError, TransientIOError, is_transient
 from linreg.outputs import commit
 from linreg.pipeline import report
+from tests.conftest import REPO
 from tests.helpers import flow_run_logs, linear_tables, write
 
 
@@ -184,3 +187,10 @@ def test_an_unchanged_run_is_reused_and_any_change_retrains(prefect_server, tmp_
     assert train_main(["--weather", w, "--yields", y, "--output", out, "--run-id", "not-asked"]) == 0
     assert sorted(os.listdir(os.path.join(out, "runs"))) == ["run_id=first", "run_id=not-asked", "run_id=other-seed",
                                                              "run_id=touched"]
+
+
+def test_matplotlib_is_imported_only_to_draw():
+    probe = "import sys, flows.train, tasks.train_steps, linreg.pipeline.report\nprint('matplotlib' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
