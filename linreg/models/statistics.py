@@ -23,6 +23,8 @@ from decimal import Decimal, localcontext
 
 import numpy as np
 
+from linreg.config import config_default
+
 _EPS = 1e-16
 _TINY = 1e-300
 _DECIMAL_FROM = 2000.0  # a + b above which the continued fraction runs in 40-digit decimals
@@ -178,7 +180,7 @@ class FitStatistics:
         return {name: getattr(self, name) for name in self.COLUMNS}
 
 
-def statistics(factor, coef: np.ndarray, intercept: np.ndarray, *, confidence: float = 0.95,
+def statistics(factor, coef: np.ndarray, intercept: np.ndarray, *, confidence: float = config_default("confidence"),
                coefficients_estimated: bool = True) -> FitStatistics:
     """Statistics of the model coef (k, p), intercept (k,) on the training design `factor` (a DesignFactor).
 

@@ -14,6 +14,7 @@ import sys
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
+from linreg.config import config_default
 from linreg.errors import InputError
 
 if TYPE_CHECKING:
@@ -168,7 +169,8 @@ def _device(option: str, local_rank: int = 0) -> torch.device | str:
     return "cpu" if option == "cpu" else resolve_device(option, local_rank)
 
 
-def setup(device: str = "auto", timeout_seconds: float = 600.0) -> Cluster:
+def setup(device: str = config_default("device"),
+          timeout_seconds: float = config_default("dist_timeout_seconds")) -> Cluster:
     """The Cluster of this process; joins the torchrun process group when launched by torchrun."""
     rank = int(os.environ.get("RANK", 0))
     world_size = int(os.environ.get("WORLD_SIZE", 1))
