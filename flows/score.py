@@ -18,7 +18,9 @@ from prefect.runtime import flow_run
 from flows import cli
 from linreg import redact
 from linreg.config import build_parser, config_from_args, decide_run_id
+from linreg.pipeline import scoring
 from linreg.pipeline.scoring import ScoreConfig, ScoreSummary
+from linreg.retry import with_retries
 from tasks.run_ids import flow_run_id
 from tasks.score_steps import score_weather
 
@@ -41,8 +43,11 @@ def main(argv: list[str] | None = None) -> int:
 
     def action() -> str:
         config = config_from_args(args, ScoreConfig)
-        config = config.model_copy(update={"score_run_id": decide_run_id(config.score_run_id)})
-        return score(redact.protect_config(config)).text()  # the flow and Prefect see only redacted URIs
+        config = redact.protect_config(config.model_copy(update={"score_run_id": decide_run_id(config.score_run_id)}))
+        if cli.prefect_server() is None:  # ad hoc, no server: score in process, not under a temporary server
+            print(cli.NOT_RECORDED, file=sys.stderr)
+            return with_retries(lambda: scoring.score(config), "score").text()
+        return score(config).text()  # the flow and Prefect see only redacted URIs
 
     return cli.run(action)
 

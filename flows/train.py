@@ -44,7 +44,7 @@ from flows import cli
 from linreg import redact
 from linreg.config import TrainConfig, build_parser, config_from_args, decide_run_id
 from linreg.outputs import destination
-from linreg.pipeline import steps
+from linreg.pipeline import inprocess, steps
 from tasks.dist_steps import run_job
 from tasks.run_ids import flow_run_id
 from tasks.train_steps import (commit_run, discard_run, evaluate_model, find_unchanged_run, fit_model, join_inputs,
@@ -96,7 +96,11 @@ def main(argv: list[str] | None = None) -> int:
 
             return torchrun.cli(config, sys.argv[1:] if argv is None else list(argv))
         config = config.model_copy(update={"run_id": decide_run_id(config.run_id)})
-        summary = train(config)
+        if cli.prefect_server() is None:  # ad hoc, no server: the same steps in process, not a temporary server
+            print(cli.NOT_RECORDED, file=sys.stderr)
+            summary = inprocess.run(config)
+        else:
+            summary = train(config)
         reused = summary.run_id != config.run_id
         return (f"inputs and configuration unchanged since run {summary.run_id}: not retrained "
                 "(--skip-if-unchanged)\n" if reused else "") + summary.text()

@@ -6,7 +6,7 @@
     parallel   the collectives and merges the models receive (identities with one process)
     outputs    the output datasets, their atomic and durable commit, the runs index, retention
     inputs     reading, checking and joining the weather and yield tables
-    config, errors, redact   the one configuration, the error types, credentials kept out of records
+    config, errors, redact, retry   the configuration, error types, credentials kept out of records, retries
 
 It never imports Prefect; `tasks/` and `flows/` wrap it. docs/design.md draws the layout.
 """

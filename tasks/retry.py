@@ -1,9 +1,5 @@
-"""Retries for the tasks that touch storage: transient I/O errors only, with exponential backoff.
-
-A validation error (InputError) or a permanent OS error (missing file, no permission, disk full) fails at
-once, so its message is the run's failure message; a dropped connection or a flaky read is retried after
-2, 4 and 8 seconds (with jitter, so that runs failing together do not retry together).
-"""
+"""Prefect task options for the steps that touch storage: the retry policy of `linreg.retry` (transient
+I/O errors only, after 2, 4 and 8 seconds with jitter), as Prefect retries it."""
 
 from __future__ import annotations
 
@@ -11,9 +7,9 @@ import logging
 import time
 
 from prefect import get_run_logger
-from prefect.tasks import exponential_backoff
 
 from linreg.errors import is_transient
+from linreg.retry import DELAYS_SECONDS, JITTER
 
 
 def retry_transient_io(task, task_run, state) -> bool:
@@ -22,8 +18,8 @@ def retry_transient_io(task, task_run, state) -> bool:
     return isinstance(exc, BaseException) and is_transient(exc)
 
 
-STORAGE_RETRIES = {"retries": 3, "retry_delay_seconds": exponential_backoff(backoff_factor=2),
-                   "retry_jitter_factor": 0.2, "retry_condition_fn": retry_transient_io}
+STORAGE_RETRIES = {"retries": len(DELAYS_SECONDS), "retry_delay_seconds": list(DELAYS_SECONDS),
+                   "retry_jitter_factor": JITTER, "retry_condition_fn": retry_transient_io}
 
 
 def log_step(run_id: str, step: str, started: float, what: str) -> None:

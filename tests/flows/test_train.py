@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -9,9 +10,10 @@ import pyarrow.parquet as pq
 import pytest
 from prefect.testing.utilities import prefect_test_harness
 
+from flows import cli
 from flows.train import train
 from linreg.config import make_config
-from linreg.errors import EXIT_BAD_INPUT, InputError
+from linreg.errors import EXIT_BAD_INPUT, EXIT_FAILURE, InputError
 from tests.conftest import REPO, SAMPLE
 from tests.helpers import linear_tables, write
 
@@ -95,11 +97,51 @@ def test_cli_help_documents_every_option_and_exit_codes(tmp_path):
 
 
 def test_cli_with_no_arguments_trains_on_the_sample(tmp_path):
+    """No Prefect server configured: the run happens in this process (no temporary server, nothing recorded
+    in Prefect, one line saying so), with the same outputs and report."""
     shutil.copytree(SAMPLE, tmp_path / "data" / "sample")
-    result = _cli([], tmp_path)
+    home = tmp_path / "prefect-home"
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    result = subprocess.run([sys.executable, "-m", "flows.train"], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=600, env={**env, "PYTHONPATH": str(REPO), "PREFECT_HOME": str(home)})
     assert result.returncode == 0, result.stderr
     assert "15 joined" in result.stdout and "holdout MSE" in result.stdout
-    assert len(list((tmp_path / "output" / "weights").glob("run_id=*"))) == 1
+    (run,) = (tmp_path / "output" / "weights").glob("run_id=*")
+    assert (tmp_path / "output" / "reports" / run.name / "report.png").stat().st_size > 0
+    assert [line for line in result.stderr.splitlines() if "not recorded in Prefect" in line] == [cli.NOT_RECORDED]
+    assert "temporary server" not in result.stderr + result.stdout
+    assert not list(home.rglob("*.db"))  # no server was started, so no database holds a flow run
+
+
+def test_cli_with_an_unreachable_server_fails_naming_it_and_writes_nothing(tmp_path):
+    shutil.copytree(SAMPLE, tmp_path / "data" / "sample")
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{probe.getsockname()[1]}/api"
+    result = subprocess.run([sys.executable, "-m", "flows.train"], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=600, env={**os.environ, "PYTHONPATH": str(REPO), "PREFECT_API_URL": url})
+    assert result.returncode == EXIT_FAILURE
+    assert "Traceback" not in result.stderr + result.stdout
+    (error,) = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert url in error and "does not answer" in error
+    assert not (tmp_path / "output").exists() or not any((tmp_path / "output").rglob("*.parquet"))
+
+
+def test_a_run_without_prefect_writes_what_the_flow_writes(prefect_server, tmp_path):
+    """The in-process run and the Prefect flow: the same weights, metrics and predictions, value for value."""
+    from linreg.pipeline import inprocess
+
+    w, y, _, _ = linear_tables(tmp_path)
+    outputs = {}
+    for name, runner in (("flow", train), ("inprocess", inprocess.run)):
+        runner(make_config(weather=w, yields=y, output=str(tmp_path / name), trainer="nn", epochs=20, run_id="same"))
+        outputs[name] = {d: pq.read_table(tmp_path / name / d / "run_id=same").sort_by(
+            [(c, "ascending") for c in ("split", "target", "term", "metric", "region") if c in
+             pq.read_schema(next((tmp_path / name / d / "run_id=same").glob("*.parquet"))).names])
+            for d in ("weights", "metrics", "predictions")}
+        assert (tmp_path / name / "reports" / "run_id=same" / "report.html").exists()
+    for dataset in ("weights", "metrics", "predictions"):
+        assert outputs["flow"][dataset].equals(outputs["inprocess"][dataset]), dataset
 
 
 def test_cli_bad_input_exits_2_with_one_paragraph_and_no_traceback(tmp_path):

@@ -125,3 +125,25 @@ def test_cli_scores_and_exits_2_on_a_mismatch(prefect_server, trained, tmp_path,
     assert score_main(["--model", trained, "--weather", renamed]) == EXIT_BAD_INPUT
     err = capsys.readouterr().err
     assert err.startswith("error: The weather table") and "renamed" in err and "Traceback" not in err
+
+
+def test_cli_without_a_prefect_server_scores_in_process(trained, tmp_path):
+    """No server configured: scored in this process, nothing recorded in Prefect, one line saying so."""
+    import os
+    import subprocess
+    import sys
+
+    from flows import cli
+    from tests.conftest import REPO
+
+    weather = _new_regions(tmp_path / "w", rows=4, files=1)
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env.update(PYTHONPATH=str(REPO), PREFECT_HOME=str(tmp_path / "prefect-home"))
+    result = subprocess.run([sys.executable, "-m", "flows.score", "--model", trained, "--weather", weather,
+                             "--output", str(tmp_path / "s"), "--score-run-id", "adhoc"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "scoring adhoc committed: 4 row(s) scored with the model of run newer" in result.stdout
+    assert cli.NOT_RECORDED in result.stderr.splitlines()
+    assert (tmp_path / "s" / "scores" / "score_run_id=adhoc").is_dir()
+    assert not list((tmp_path / "prefect-home").rglob("*.db"))
