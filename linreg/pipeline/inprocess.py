@@ -24,16 +24,8 @@ def run(config: TrainConfig) -> steps.RunSummary:
             log.info("run %s: inputs and configuration unchanged since run %s: not retrained", config.run_id,
                      row["run_id"])
             return reuse.committed_summary(config.output, row)
-    plan = with_retries(lambda: steps.plan_run(config), "plan")
-    try:
-        joined = with_retries(lambda: steps.join_inputs(plan), "validate-and-join")
-        split = steps.split_rows(plan, joined)
-        fit = steps.fit_model(plan, joined, split)
-        evaluation = with_retries(lambda: steps.evaluate_model(plan, joined, split, fit), "evaluate")
-        summary = steps.commit_run(plan, joined, fit, evaluation)
-    except BaseException:
-        steps.discard(plan)
-        raise
-    with_retries(lambda: report.write_report(config.output, plan.run_id, trainer=config.trainer, losses=fit.losses),
-                 "report")
-    return summary
+    def draw(plan: steps.RunPlan, fit) -> None:
+        with_retries(lambda: report.write_report(config.output, plan.run_id, trainer=config.trainer,
+                                                 losses=fit.losses), "report")
+
+    return steps.run(config, attempt=with_retries, then=draw)

@@ -19,6 +19,7 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
@@ -33,7 +34,8 @@ from linreg.inputs import shard
 from linreg.inputs.batches import matrix, read_batches
 from linreg.inputs.holdout import Split, choose_split
 from linreg.inputs.join import JoinResult, REGION_INDEX, check_joined, connect, join_tables, parse_aggregate
-from linreg.inputs.schema import (Columns, SCHEMA_VERSION, check_weight_column, metrics_schema, predictions_schema, resolve_columns, runs_schema)
+from linreg.inputs.schema import (Columns, SCHEMA_VERSION, check_weight_column, metrics_schema, predictions_schema,
+                                  resolve_columns, runs_schema)
 from linreg.inputs.stream import StreamedRows
 from linreg.inputs.tables import BATCH_ROWS, fingerprint, open_table
 from linreg.inputs.weights import check_weights
@@ -383,15 +385,22 @@ def discard(plan: RunPlan) -> None:
     shutil.rmtree(plan.work_dir, ignore_errors=True)
 
 
-def run(config: TrainConfig) -> RunSummary:
-    """A whole training run in this process, without Prefect."""
-    plan = plan_run(config)
+def run(config: TrainConfig, *, attempt: Callable[[Callable[[], Any], str], Any] | None = None,
+        then: Callable[[RunPlan, FitResult], None] | None = None) -> RunSummary:
+    """A whole training run in this process, without Prefect, in the flow's order: plan, validate-and-join,
+    split, train, evaluate, commit. `attempt(step, name)` runs each step that touches storage (default: once;
+    `linreg.pipeline.inprocess` retries its transient errors); `then(plan, fit)` runs after the commit."""
+    attempt = attempt or (lambda step, name: step())
+    plan = attempt(lambda: plan_run(config), "plan")
     try:
-        joined = join_inputs(plan)
+        joined = attempt(lambda: join_inputs(plan), "validate-and-join")
         split = split_rows(plan, joined)
         fit = fit_model(plan, joined, split)
-        evaluation = evaluate_model(plan, joined, split, fit)
-        return commit_run(plan, joined, fit, evaluation)
+        evaluation = attempt(lambda: evaluate_model(plan, joined, split, fit), "evaluate")
+        summary = commit_run(plan, joined, fit, evaluation)
     except BaseException:
         discard(plan)
         raise
+    if then is not None:
+        then(plan, fit)
+    return summary
