@@ -52,11 +52,6 @@ log = logging.getLogger(__name__)
 SPLIT_NAMES = pa.array(["train", "holdout"])  # the predictions' split column: dictionary indices 0, 1
 
 
-def new_run_id() -> str:
-    """A new run id (`linreg.config.decide_run_id`): a UTC timestamp with a short random suffix."""
-    return decide_run_id(None)
-
-
 @dataclass
 class RunPlan:
     """What every later step needs: the configuration, column roles, fingerprint and where files go."""
