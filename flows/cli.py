@@ -4,7 +4,9 @@ traceback and exit 1 for anything else. Whatever it prints, and every log line o
 
 from __future__ import annotations
 
+import os
 import sys
+import tomllib
 import traceback
 from typing import Callable
 
@@ -39,6 +41,37 @@ NOT_RECORDED = ("note: no Prefect server is configured, so this run is not recor
                 "prefect config set PREFECT_API_URL=http://127.0.0.1:4200/api")
 
 
+def no_server_configured() -> bool:
+    """True when no Prefect server is configured, decided without importing Prefect (seconds of imports):
+    PREFECT_API_URL is unset in the environment, and the active profile of the profiles file sets none.
+    False when one is, or when a source this does not read could (`.env`, `prefect.toml`, a `[tool.prefect]`
+    table in `pyproject.toml`, `PREFECT_PROFILES_PATH`): then `prefect_server` asks Prefect's own settings."""
+    if os.environ.get("PREFECT_API_URL") or os.environ.get("PREFECT_PROFILES_PATH"):
+        return False
+    if os.path.exists(".env") or os.path.exists("prefect.toml") or _names_prefect("pyproject.toml"):
+        return False
+    home = os.environ.get("PREFECT_HOME") or os.path.join(os.path.expanduser("~"), ".prefect")
+    profiles = os.path.join(home, "profiles.toml")
+    if not os.path.exists(profiles):
+        return True  # Prefect's built-in profiles: the active one ("ephemeral") sets no API URL
+    try:
+        with open(profiles, "rb") as f:
+            data = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError):
+        return False
+    active = os.environ.get("PREFECT_PROFILE") or data.get("active")
+    profile = data.get("profiles", {}).get(active, {}) if isinstance(active, str) else {}
+    return isinstance(profile, dict) and not profile.get("PREFECT_API_URL")
+
+
+def _names_prefect(path: str) -> bool:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return "tool.prefect" in f.read()
+    except OSError:
+        return False
+
+
 def prefect_server() -> str | None:
     """The configured Prefect API URL (environment, profile or settings file), None when there is none; a
     configured server that does not answer is an error naming it (never a silent fall-back)."""
@@ -55,3 +88,34 @@ def prefect_server() -> str | None:
         raise ServerUnreachable(f"The Prefect server configured at {url} does not answer ({type(problem).__name__}: "
                                 f"{problem}). Start it, or unset PREFECT_API_URL to run without recording in Prefect.")
     return url
+
+
+def train_command(argv: list[str] | None, description: str, record: Callable | None) -> int:
+    """`python -m flows.train`: parse, check the output, then launch torchrun ranks, or run the flow `record`
+    (the Prefect flow: the run is recorded in the configured server), or, with no server (`record` None, or
+    `prefect_server()` None), the same steps in this process (`linreg.pipeline.inprocess`)."""
+    from linreg.config import build_parser, config_from_args, decide_run_id
+    from linreg.outputs import destination
+
+    args = build_parser(description=description).parse_args(argv)
+
+    def action() -> str | int:
+        config = redact.protect_config(config_from_args(args))  # the flow and Prefect see only redacted URIs
+        destination.check_writable(config.output)  # a wrong --output fails at once, before Prefect or torchrun start
+        if config.launches_ranks:  # launch the ranks with torchrun
+            from linreg.launch import torchrun
+
+            return torchrun.cli(config, sys.argv[1:] if argv is None else list(argv))
+        config = config.model_copy(update={"run_id": decide_run_id(config.run_id)})
+        if record is None or prefect_server() is None:  # ad hoc, no server: in process, not a temporary server
+            from linreg.pipeline import inprocess
+
+            print(NOT_RECORDED, file=sys.stderr)
+            summary = inprocess.run(config)
+        else:
+            summary = record(config)
+        reused = summary.run_id != config.run_id
+        return (f"inputs and configuration unchanged since run {summary.run_id}: not retrained "
+                "(--skip-if-unchanged)\n" if reused else "") + summary.text()
+
+    return run(action)

@@ -36,15 +36,18 @@ if __name__ == "__main__":
         from linreg.config import build_parser
 
         build_parser(description=__doc__.split("\n\n")[0]).parse_args(sys.argv[1:])
+    from flows import cli
+
+    if cli.no_server_configured():  # ad hoc, no server: the steps in process; Prefect is not imported
+        sys.exit(cli.train_command(sys.argv[1:], __doc__.split("\n\n")[0], record=None))
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from flows import cli
 from linreg import redact
-from linreg.config import TrainConfig, build_parser, config_from_args, decide_run_id
-from linreg.outputs import destination
-from linreg.pipeline import inprocess, steps
+from linreg.config import TrainConfig
+from linreg.pipeline import steps
 from tasks.dist_steps import run_job
 from tasks.run_ids import flow_run_id
 from tasks.train_steps import (commit_run, discard_run, evaluate_model, find_unchanged_run, fit_model, join_inputs,
@@ -79,33 +82,14 @@ def train(config: TrainConfig = TrainConfig()) -> steps.RunSummary:
     except BaseException:
         discard_run(plan)
         raise
-    paths = write_report(plan, fit)
+    paths = write_report(plan, fit, evaluation)
     publish_artifacts(plan, summary, evaluation, paths)
     return summary
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser(description=__doc__.split("\n\n")[0])
-    args = parser.parse_args(argv)
-
-    def action() -> str | int:
-        config = redact.protect_config(config_from_args(args))  # the flow and Prefect see only redacted URIs
-        destination.check_writable(config.output)  # a wrong --output fails at once, before Prefect or torchrun start
-        if config.launches_ranks:  # launch the ranks with torchrun
-            from linreg.launch import torchrun
-
-            return torchrun.cli(config, sys.argv[1:] if argv is None else list(argv))
-        config = config.model_copy(update={"run_id": decide_run_id(config.run_id)})
-        if cli.prefect_server() is None:  # ad hoc, no server: the same steps in process, not a temporary server
-            print(cli.NOT_RECORDED, file=sys.stderr)
-            summary = inprocess.run(config)
-        else:
-            summary = train(config)
-        reused = summary.run_id != config.run_id
-        return (f"inputs and configuration unchanged since run {summary.run_id}: not retrained "
-                "(--skip-if-unchanged)\n" if reused else "") + summary.text()
-
-    return cli.run(action)
+    """The command line: the flow `train` when a Prefect server is configured, else the same steps in process."""
+    return cli.train_command(argv, __doc__.split("\n\n")[0], record=train)
 
 
 if __name__ == "__main__":

@@ -85,10 +85,11 @@ def commit_run(plan: steps.RunPlan, joined: JoinResult, fit: FitResult,
 
 
 @task(name="report", task_run_name="report-{plan.run_id}", cache_policy=NO_CACHE, **STORAGE_RETRIES)
-def write_report(plan: steps.RunPlan, fit: FitResult) -> report.ReportPaths:
+def write_report(plan: steps.RunPlan, fit: FitResult, evaluation: steps.Evaluation) -> report.ReportPaths:
     """Draw the committed run: loss per epoch, predicted vs actual on the holdout, MSE per region."""
     started = time.perf_counter()
-    paths = report.write_report(plan.config.output, plan.run_id, trainer=plan.config.trainer, losses=fit.losses)
+    paths = report.write_report(plan.config.output, plan.run_id, trainer=plan.config.trainer,
+                                metrics=evaluation.metrics, picture=evaluation.picture, losses=fit.losses)
     log_step(plan.run_id, "report", started, f"{len(fit.losses)} epoch losses drawn -> {paths.png}")
     return paths
 

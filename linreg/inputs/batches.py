@@ -1,15 +1,18 @@
-"""Arrow record batches to NumPy matrices and float32 torch tensors, with as few copies as possible."""
+"""Arrow record batches to NumPy matrices and float32 torch tensors, with as few copies as possible (torch is
+imported only by `stack_float32`, which the gradient trainers call: an exact run never loads it)."""
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 
 from linreg.inputs.tables import BATCH_ROWS
+
+if TYPE_CHECKING:
+    import torch
 
 
 def matrix(batch: pa.RecordBatch, names: list[str], dtype=None, rows: np.ndarray | None = None) -> np.ndarray:
@@ -85,6 +88,8 @@ def read_joined(path: str, columns: list[str] | None = None) -> pa.Table:
 
 def stack_float32(parts: list[np.ndarray], width: int, device: torch.device) -> torch.Tensor:
     """Concatenate (m_i, width) float32 blocks into one (n, width) tensor on `device` (one copy)."""
+    import torch
+
     if not parts:
         return torch.empty((0, width), dtype=torch.float32, device=device)
     return torch.from_numpy(np.concatenate(parts, axis=0)).to(device)

@@ -10,13 +10,15 @@ order), not globally, and every epoch pays a scan of the file (a few hundred MB/
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
-import torch
 
 from linreg.inputs.batches import GroupedFile, matrix
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -71,6 +73,8 @@ class StreamedRows:
         rows = np.concatenate(pending)
         rows = rows[rng.permutation(len(rows))]
         stop = len(rows) if final else len(rows) - len(rows) % batch
+        import torch  # the gradient trainers' rows: an exact run never loads torch
+
         for i in range(0, stop, batch):
             block = torch.from_numpy(rows[i:i + batch]).to(device)
             yield block[:, :p], block[:, p:p + k], (block[:, p + k] if self.weight else None)

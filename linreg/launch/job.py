@@ -36,14 +36,18 @@ import sys
 import tempfile
 import time
 import traceback
+from typing import TYPE_CHECKING
 
 from linreg import redact
 from linreg.config import TrainConfig, build_parser, config_from_args, decide_run_id
 from linreg.errors import EXIT_FAILURE, EXIT_OK, InputError, report_error
-from linreg.models.trainers import TRAINERS
-from linreg.outputs import commit, snapshot
+from linreg.models.fit import GRADIENT_TRAINERS
+from linreg.outputs import commit
 from linreg.parallel import dist
 from linreg.pipeline import steps
+
+if TYPE_CHECKING:
+    from linreg.outputs import snapshot
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +88,7 @@ def run_rank(config: TrainConfig, *, plan_file: str | None = None, result_file: 
              cluster: dist.Cluster | None = None):
     """Run this rank's part of the job; rank 0 returns the RunSummary (or writes `result_file`), others None."""
     signal.signal(signal.SIGTERM, _terminate)
-    device = config.device if config.trainer in TRAINERS else "cpu"  # exact: CPU and gloo, whatever the GPUs
+    device = config.device if config.trainer in GRADIENT_TRAINERS else "cpu"  # exact: CPU and gloo, whatever the GPUs
     cluster = cluster or dist.setup(device, timeout_seconds=config.dist_timeout_seconds)
     plan = _shared_plan(config, cluster, plan_file)
     own_work_dir = cluster.is_main and plan_file is None  # rank 0 made the plan here: its work dir is ours
@@ -168,8 +172,10 @@ def read_plan(path: str) -> steps.RunPlan:
 
 def _snapshots(plan: steps.RunPlan, cluster: dist.Cluster) -> snapshot.Snapshots | None:
     config = plan.config
-    if config.trainer not in TRAINERS or not config.snapshot_every:
+    if config.trainer not in GRADIENT_TRAINERS or not config.snapshot_every:
         return None
+    from linreg.outputs import snapshot  # torch's save and load: the gradient trainers' runs only
+
     attempt = restart_count()
     snaps = snapshot.Snapshots(config.output, plan.run_id, every=config.snapshot_every, rank=cluster.rank,
                                identity=snapshot.identity(config, plan.fingerprint["sha256"]),

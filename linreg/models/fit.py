@@ -9,7 +9,7 @@ A fit is a fixed sequence, as scikit-learn's `fit` is, each step a function belo
    merged across ranks (`linreg.parallel.merge`: identities with one process).
 3. `_choose_solver`: the Gram matrix's factor, or a second (QR) pass when it is too ill-conditioned.
 4. `_solve`: the exact solution, which every run reports as the reference optimum; for a gradient trainer
-   also `_train`: standardize, build the batch source, model, optimizer and schedule, and train.
+   also `linreg.models.gradient.train`: standardize, build the batch source, model, optimizer and schedule, and train.
 5. `_result`: weights in original units, with the inference statistics of the exact factor.
 
 Batches are (X, Y) or (X, Y, w) with precision weights w (m,) >= 0: weighted least squares for every
@@ -26,21 +26,17 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 import numpy as np
-import torch
-from torch import nn
 
 from linreg.config import config_default
 from linreg.errors import InputError
-from linreg.inputs.batches import stack_float32
 from linreg.models.exact import ExactAccumulator, ExactSolution, GRAM_MAX_CONDITION, GramAccumulator
 from linreg.models.linear import LinearModel
-from linreg.models.sources import ReshuffledRows, ShuffledOnceRows, StreamedSteps
-from linreg.models.standardize import Moments, Standardizer
+from linreg.models.standardize import Moments
 from linreg.models.statistics import FitStatistics, statistics
-from linreg.models.trainers import ManualModel, PlainSGD, Schedule, TRAINERS, TrainResult, auto_lr, step_rows
 from linreg.parallel import dist, merge
 
 log = logging.getLogger(__name__)
+GRADIENT_TRAINERS = ("manual", "nn")  # `linreg.models.gradient` trains them (with torch); exact needs no torch
 
 
 @dataclass(frozen=True)
@@ -117,7 +113,9 @@ def fit(batches: Iterable[tuple[np.ndarray, ...]] | Callable[[], Iterable[tuple[
     if not gradient:
         model = LinearModel(solution.coef, solution.intercept, tuple(features), tuple(targets))
         return _result(model, solution, exact.n_rows, options, start)
-    trained, scaler, lr, streamed = _train(seen, trainer, options, cluster, checkpoint, stream)
+    from linreg.models import gradient  # torch is imported here, by the gradient trainers only
+
+    trained, scaler, lr, streamed = gradient.train(seen, trainer, options, cluster, checkpoint, stream)
     coef, intercept = scaler.to_original(trained.coef, trained.intercept)
     return _result(LinearModel(coef, intercept, tuple(features), tuple(targets)), solution, exact.n_rows, options,
                    start, losses=trained.losses, epochs=trained.epochs, lr=lr,
@@ -126,13 +124,13 @@ def fit(batches: Iterable[tuple[np.ndarray, ...]] | Callable[[], Iterable[tuple[
 
 def _check(trainer: str) -> bool:
     """Whether `trainer` is a gradient trainer (nn, manual); an InputError unless it is one or exact."""
-    if trainer not in TRAINERS and trainer != "exact":
+    if trainer not in GRADIENT_TRAINERS and trainer != "exact":
         raise InputError(f"Unknown trainer {trainer!r}; choose exact, nn or manual.")
-    return trainer in TRAINERS
+    return trainer in GRADIENT_TRAINERS
 
 
 @dataclass
-class _Seen:
+class Seen:
     """What one pass over the training rows gathered (all ranks' after `_accumulate`).
 
     exact: the least-squares accumulator; x, y: moments of X (p columns) and Y (k); low, high (p,): each
@@ -149,10 +147,10 @@ class _Seen:
 
 
 def _accumulate(batches, p: int, k: int, fit_intercept: bool, *, gradient: bool, two_pass: bool,
-                memory_limit: int | None, cluster: dist.Cluster) -> _Seen:
+                memory_limit: int | None, cluster: dist.Cluster) -> Seen:
     """One pass over batches (X (m, p), Y (m, k)[, w (m,)]), merged across ranks. The gradient trainers'
     rows are kept as float32 until they exceed memory_limit bytes (None: no limit), then dropped (streamed)."""
-    seen = _Seen((GramAccumulator if two_pass else ExactAccumulator)(p, k, fit_intercept=fit_intercept),
+    seen = Seen((GramAccumulator if two_pass else ExactAccumulator)(p, k, fit_intercept=fit_intercept),
                  Moments(p), Moments(k), np.full(p, np.inf), np.full(p, -np.inf))
     held = 0
     for X, Y, *rest in batches:
@@ -192,78 +190,6 @@ def _choose_solver(exact: ExactAccumulator, passes, fit_intercept: bool, cluster
     for X, Y, *rest in passes():
         qr.update(X, Y, rest[0] if rest else None)
     return merge.merge_exact(cluster, qr)
-
-
-def _train(seen: _Seen, trainer: str, options: TrainOptions, cluster: dist.Cluster, checkpoint, stream
-           ) -> tuple[TrainResult, Standardizer, float, bool]:
-    """Standardize, build the batch source, model, optimizer and schedule, and run the gradient trainer:
-    (its result in the standardized space, the standardizer, the starting learning rate, whether the rows
-    were streamed)."""
-    p, k = len(seen.x.mean), len(seen.y.mean)
-    scaler = Standardizer.fit(seen.x, seen.y, fit_intercept=options.fit_intercept, enabled=options.standardize)
-    shift = np.concatenate([scaler.x_mean, scaler.y_mean])
-    scale = np.concatenate([scaler.x_scale, scaler.y_scale])
-    batch = step_rows(trainer, options.batch_size)
-    generator = torch.Generator().manual_seed(options.seed)  # manual's weights and one-process shuffles
-    model = ManualModel.draw(k, p, options.fit_intercept, generator, cluster.device) if trainer == "manual" else None
-    if seen.parts is None:
-        mean_weight = seen.x.weight / max(seen.x.n, 1) if seen.weighted else 1.0
-        rows = stream(shift, scale, seen.x.n, mean_weight)
-        source = StreamedSteps(rows, batch=batch, seed=options.seed, device=cluster.device)
-        checkpoint = None  # streamed epochs are not snapshotted
-        # a bound from each column's range: never larger than the true maximum
-        far = np.maximum((seen.low - scaler.x_mean) ** 2, (seen.high - scaler.x_mean) ** 2) / scaler.x_scale ** 2
-        local_max, n_local = float(far.sum()), rows.n_rows
-    else:
-        X, Y, w = _standardized_rows(seen, p, k, shift, scale, cluster.device)
-        if options.lr is None:
-            local_max, n_local = (float((X * X).sum(dim=1).max()) if len(X) else -np.inf), len(X)
-        if trainer == "manual":
-            source = ReshuffledRows(X, Y, w, batch=batch, cluster=cluster, seed=options.seed, generator=generator)
-        else:
-            source = ShuffledOnceRows(X, Y, w, batch=batch, cluster=cluster, seed=options.seed)
-    penalty = _penalty(seen, scaler, options, cluster.device)
-    lr = options.lr
-    if lr is None:
-        max_row_sq = cluster.all_reduce_max(local_max) + (1.0 if options.fit_intercept else 0.0)
-        n_rows = merge.total(cluster, n_local)  # all ranks' rows: the same lr as one process
-        lr = auto_lr(scaler.second_moment(seen.x, options.fit_intercept), max_row_sq, n_rows=n_rows,
-                     batch=batch or n_rows, n_targets=k, max_penalty=0.0 if penalty is None else float(penalty.max()))
-    schedule = Schedule(lr, tol=options.tol, patience=options.patience)
-    if trainer == "manual":
-        trained = TRAINERS[trainer](source, model, schedule, epochs=options.epochs, cluster=cluster, penalty=penalty,
-                                    checkpoint=checkpoint, generator=generator)
-    else:
-        torch.manual_seed(options.seed)  # nn.Linear's initialization
-        model = nn.Linear(p, k, bias=options.fit_intercept).to(cluster.device)
-        if isinstance(source, StreamedSteps):  # one process; the update streamed epochs have always made
-            optimizer, forward = PlainSGD(model.parameters(), lr=lr), model
-        else:
-            optimizer = torch.optim.SGD(model.parameters(), lr=lr)
-            forward = merge.data_parallel(model, cluster, source.X.device)
-        trained = TRAINERS[trainer](source, model, optimizer, schedule, epochs=options.epochs, forward=forward,
-                                    penalty=penalty, checkpoint=checkpoint, generator=generator)
-    return trained, scaler, lr, seen.parts is None
-
-
-def _standardized_rows(seen: _Seen, p: int, k: int, shift: np.ndarray, scale: np.ndarray, device):
-    """The kept float32 rows, standardized on the CPU and moved to `device`: X (n, p), Y (n, k), w (n,) or None."""
-    data = stack_float32(seen.parts, p + k + seen.weighted, torch.device("cpu"))
-    seen.parts = []
-    data[:, :p + k].sub_(torch.from_numpy(shift.astype(np.float32))).div_(torch.from_numpy(scale.astype(np.float32)))
-    data = data.to(device)
-    return data[:, :p], data[:, p:p + k], (data[:, p + k] if seen.weighted else None)
-
-
-def _penalty(seen: _Seen, scaler: Standardizer, options: TrainOptions, device) -> torch.Tensor | None:
-    """The ridge factors (p,) float32 in the trainer's space, or None without --l2.
-
-    Ridge on the standardized features (sd, or root mean square through the origin), whatever the trainer's
-    own scaling: in its space the coefficient c maps to beta * sd / x_scale."""
-    if options.l2 <= 0:
-        return None
-    sd = Standardizer.fit(seen.x, seen.y, fit_intercept=options.fit_intercept, enabled=True).x_scale
-    return torch.from_numpy((options.l2 * (sd / scaler.x_scale) ** 2).astype(np.float32)).to(device)
 
 
 def _result(model: LinearModel, solution: ExactSolution, train_rows: int, options: TrainOptions, start: float,

@@ -24,8 +24,9 @@ def run(config: TrainConfig) -> steps.RunSummary:
             log.info("run %s: inputs and configuration unchanged since run %s: not retrained", config.run_id,
                      row["run_id"])
             return reuse.committed_summary(config.output, row)
-    def draw(plan: steps.RunPlan, fit) -> None:
+    def draw(plan: steps.RunPlan, fit, evaluation: steps.Evaluation) -> None:
         with_retries(lambda: report.write_report(config.output, plan.run_id, trainer=config.trainer,
+                                                 metrics=evaluation.metrics, picture=evaluation.picture,
                                                  losses=fit.losses), "report")
 
     return steps.run(config, attempt=with_retries, then=draw)

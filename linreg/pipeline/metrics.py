@@ -128,6 +128,13 @@ class RegionErrors:
             column = squared_errors[:, j] if weight is None else squared_errors[:, j] * weight
             self.sse[j] += np.bincount(code, weights=column, minlength=size)
 
+    def holdout_mse(self) -> np.ndarray:
+        """(regions,) each region's holdout MSE over all targets (as `batches` writes it), NaN where it has no
+        holdout rows or they all weigh 0."""
+        weight = self.weight[1::2]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(weight > 0, self.sse[:, 1::2].sum(axis=0) / (weight * len(self.sse)), np.nan)
+
     def regions_per_split(self) -> dict[str, int]:
         """How many regions have rows in each split."""
         return {"train": int(np.count_nonzero(self.rows[0::2])), "holdout": int(np.count_nonzero(self.rows[1::2]))}

@@ -1,14 +1,15 @@
 """What a person looks at after a run: a picture, a page and a summary.
 
-`write_report` reads a committed run's metrics and predictions and writes, beside the datasets,
+`write_report` draws a committed run from what its evaluation pass gathered (the metric totals and a
+`linreg.pipeline.picture.Picture`: it never reads the outputs back) and writes, beside the datasets,
 
     <output>/reports/run_id=<id>/report.png    loss per epoch (gradient trainers), predicted against actual
                                                per target on the holdout rows, holdout MSE per region
     <output>/reports/run_id=<id>/report.html   the numbers (MSE, RMSE, R^2 per split and target) and the picture
 
 (`reports` holds no Parquet, so no reader of the datasets trips over it.) `metric_table` and
-`summary_markdown` give the rows and text of the Prefect artifacts. Memory is bounded: the scatter plots
-use at most MAX_POINTS evenly spaced holdout rows, read batch by batch.
+`summary_markdown` give the rows and text of the Prefect artifacts. The scatter plots show at most
+`picture.MAX_POINTS` holdout rows sampled at random, the bars the `picture.MAX_REGIONS` worst regions.
 """
 
 from __future__ import annotations
@@ -16,20 +17,15 @@ from __future__ import annotations
 import html
 import io
 import json
-import math
 from dataclasses import dataclass
 
 import numpy as np
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from linreg.inputs.schema import pred_column
 from linreg.outputs import commit
-from linreg.pipeline.metrics import region_mse as regions_mse
+from linreg.pipeline.picture import Picture
 
 REPORTS = commit.REPORTS
-MAX_POINTS = 4000      # scatter points per target: enough to see the cloud, small enough to draw fast
-MAX_REGIONS = 25       # bars in the per-region chart: the worst regions, the rest summarized in the title
 MAX_TARGETS = 6        # scatter panels
 
 
@@ -59,43 +55,24 @@ def target_label(target: str | None) -> str:
     return "*all targets*" if target is None else target
 
 
-def _read_metrics(filesystem, root: str, run_id: str) -> list[dict]:
-    path = commit.part_path(root, "metrics", run_id)
-    return pq.read_table(path, filesystem=filesystem).to_pylist()
-
-
-def _holdout_sample(filesystem, root: str, run_id: str, targets: list[str], total: int) -> dict[str, np.ndarray]:
-    """Evenly spaced holdout rows (at most MAX_POINTS): actual and predicted per target."""
-    path = commit.part_path(root, "predictions", run_id)
-    stride = max(1, math.ceil(total / MAX_POINTS))
-    columns = ["split"] + [c for t in targets for c in (t, pred_column(t))]
-    kept: dict[str, list] = {c: [] for c in columns[1:]}
-    seen = 0
-    with filesystem.open_input_file(path) as f:
-        for batch in pq.ParquetFile(f).iter_batches(columns=columns):
-            holdout = batch.filter(pc.equal(batch.column("split"), "holdout"))
-            first = (-seen) % stride  # keep global holdout rows 0, stride, 2*stride, ...
-            for c in kept:
-                kept[c].append(holdout.column(c).to_numpy(zero_copy_only=False)[first::stride])
-            seen += holdout.num_rows
-    return {c: np.concatenate(v) if v else np.empty(0) for c, v in kept.items()}
-
-
-def _figure(run_id: str, trainer: str, losses: list[float], table: list[dict], region_mse: list[tuple[str, float]],
-            sample: dict[str, np.ndarray], targets: list[str]) -> bytes:
-    import matplotlib  # here, not at the top: importing the flow costs nothing until a picture is drawn
-
-    matplotlib.use("Agg")  # no display on workers
-    import matplotlib.pyplot as plt
+def _figure(run_id: str, trainer: str, losses: list[float], table: list[dict], picture: Picture,
+            targets: list[str]) -> bytes:
+    # here, not at the top: importing the flow costs nothing until a picture is drawn; the figure and its Agg
+    # canvas without pyplot (no display on workers, no global state), laid out by hand (a layout engine
+    # costs a second more per picture)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     shown = targets[:MAX_TARGETS]
     ncols = max(2, len(shown))
-    fig = plt.figure(figsize=(4.2 * ncols, 8.4), layout="constrained")
-    grid = fig.add_gridspec(2, ncols)
+    fig = Figure(figsize=(4.2 * ncols, 8.4))
+    FigureCanvasAgg(fig)
+    grid = fig.add_gridspec(2, ncols, left=0.09, right=0.97, bottom=0.07, top=0.9, wspace=0.45, hspace=0.3)
+    region_mse, sample = picture.worst, picture.sample
     holdout = {e["target"]: e for e in table if e["split"] == "holdout"}
     train = {e["target"]: e for e in table if e["split"] == "train"}
     headline = ", ".join(f"{t} {holdout[t]['mse']:.4g}" for t in targets if t in holdout) or "no holdout rows"
-    fig.suptitle(f"Run {run_id} ({trainer}): holdout MSE {headline}", fontsize=13, fontweight="bold")
+    fig.suptitle(f"Run {run_id} ({trainer}): holdout MSE {headline}", fontsize=12, fontweight="bold", wrap=True)
 
     ax = fig.add_subplot(grid[0, :ncols // 2])
     if losses:
@@ -116,11 +93,11 @@ def _figure(run_id: str, trainer: str, losses: list[float], table: list[dict], r
 
     ax = fig.add_subplot(grid[0, ncols // 2:])
     if region_mse:
-        worst = sorted(region_mse, key=lambda rv: rv[1], reverse=True)[:MAX_REGIONS]
-        names, values = [r for r, _ in worst][::-1], [v for _, v in worst][::-1]
+        names, values = [r for r, _ in region_mse][::-1], [v for _, v in region_mse][::-1]
         ax.barh(names, values, color="tab:orange")
         ax.set_xlabel("holdout MSE (all targets)")
-        more = f"worst {len(worst)} of {len(region_mse)} regions" if len(region_mse) > len(worst) else "per region"
+        many = picture.holdout_regions > len(region_mse)
+        more = f"worst {len(region_mse)} of {picture.holdout_regions} regions" if many else "per region"
         ax.set_title(f"Holdout MSE, {more}")
         ax.tick_params(axis="y", labelsize=8 if len(names) > 12 else 10)
         ax.grid(True, axis="x", alpha=0.3)
@@ -147,7 +124,6 @@ def _figure(run_id: str, trainer: str, losses: list[float], table: list[dict], r
         ax.grid(True, alpha=0.3)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
     return buffer.getvalue()
 
 
@@ -158,8 +134,7 @@ def _html(run_id: str, trainer: str, table: list[dict], png_name: str, region_ms
     rows = "".join(f"<tr><td>{html.escape(e['split'])}</td><td>{_html_target(e['target'])}</td><td>{e['rows']}</td>"
                    f"<td>{num(e.get('mse'))}</td><td>{num(e.get('rmse'))}</td><td>{num(e.get('r2'))}</td></tr>"
                    for e in table)
-    worst = sorted(region_mse, key=lambda rv: rv[1], reverse=True)[:MAX_REGIONS]
-    regions = "".join(f"<tr><td>{html.escape(str(r))}</td><td>{num(v)}</td></tr>" for r, v in worst)
+    regions = "".join(f"<tr><td>{html.escape(str(r))}</td><td>{num(v)}</td></tr>" for r, v in region_mse)
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>Run {html.escape(run_id)}</title>"
             "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
             "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}</style></head><body>"
@@ -184,20 +159,18 @@ def _put(filesystem, path: str, data: bytes) -> None:
     filesystem.move(temporary, path)
 
 
-def write_report(output: str, run_id: str, *, trainer: str, losses: list[float] | None = None) -> ReportPaths:
-    """Draw the committed run `run_id` of `output` into reports/run_id=<id>/report.png and report.html."""
+def write_report(output: str, run_id: str, *, trainer: str, metrics: list[dict], picture: Picture,
+                 losses: list[float] | None = None) -> ReportPaths:
+    """Draw the committed run `run_id` of `output` into reports/run_id=<id>/report.png and report.html, from
+    its metric rows over all regions (`Evaluation.metrics`), its `picture` and the loss per epoch."""
     filesystem, root, is_local = commit.resolve(output)
-    metric_rows = _read_metrics(filesystem, root, run_id)
-    table = metric_table(metric_rows)
+    table = metric_table(metrics)
     targets = [e["target"] for e in table if e["split"] == "train" and e["target"] is not None]
-    holdout_rows = next((e["rows"] for e in table if e["split"] == "holdout"), 0)
-    region_mse = regions_mse(metric_rows).get("holdout", [])
-    sample = _holdout_sample(filesystem, root, run_id, targets, holdout_rows) if holdout_rows else {}
-    png = _figure(run_id, trainer, list(losses or []), table, region_mse, sample, targets)
+    png = _figure(run_id, trainer, list(losses or []), table, picture, targets)
     directory = f"{root}/{REPORTS}/run_id={run_id}"
     filesystem.create_dir(directory, recursive=True)
     _put(filesystem, f"{directory}/report.png", png)
-    _put(filesystem, f"{directory}/report.html", _html(run_id, trainer, table, "report.png", region_mse).encode())
+    _put(filesystem, f"{directory}/report.html", _html(run_id, trainer, table, "report.png", picture.worst).encode())
     return ReportPaths(png=commit.location(output, f"{directory}/report.png", is_local),
                        html=commit.location(output, f"{directory}/report.html", is_local))
 

@@ -24,7 +24,6 @@ from typing import Any, Callable
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 
 import linreg
 from linreg import redact
@@ -34,8 +33,8 @@ from linreg.inputs import shard
 from linreg.inputs.batches import matrix, read_batches
 from linreg.inputs.holdout import Split, choose_split
 from linreg.inputs.join import JoinResult, REGION_INDEX, check_joined, connect, join_tables, parse_aggregate
-from linreg.inputs.schema import (Columns, SCHEMA_VERSION, check_weight_column, metrics_schema, predictions_schema,
-                                  resolve_columns, runs_schema)
+from linreg.inputs.schema import (Columns, SCHEMA_VERSION, check_weight_column, metrics_schema, pred_column,
+                                  predictions_schema, resolve_columns, runs_schema)
 from linreg.inputs.stream import StreamedRows
 from linreg.inputs.tables import BATCH_ROWS, fingerprint, open_table
 from linreg.inputs.weights import check_weights
@@ -45,6 +44,7 @@ from linreg.outputs.migrate import recover_and_check
 from linreg.parallel import dist, merge
 from linreg.parallel.dist import Cluster
 from linreg.pipeline import blas, metrics
+from linreg.pipeline.picture import HoldoutSample, Picture, worst_regions
 from linreg.pipeline.background import BackgroundWriter, read_ahead
 from linreg.pipeline.progress import Progress
 
@@ -74,11 +74,14 @@ class RunPlan:
 
 
 def versions() -> dict[str, str]:
-    found = {"linreg": linreg.__version__, "torch": torch.__version__, "pyarrow": pa.__version__}
-    try:
-        found["prefect"] = importlib.metadata.version("prefect")
-    except importlib.metadata.PackageNotFoundError:
-        found["prefect"] = "not installed"
+    """The versions that made a run, from the installed packages' metadata (importing torch or Prefect only to
+    ask would cost seconds)."""
+    found = {"linreg": linreg.__version__}
+    for package in ("torch", "pyarrow", "prefect"):
+        try:
+            found[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            found[package] = "not installed"
     return found
 
 
@@ -237,12 +240,14 @@ def stream_buffer_rows(budget_bytes: int, width: int) -> int:
 @dataclass
 class Evaluation:
     """Small results of the evaluation pass: the metric rows over all regions (the per-region rows are
-    only in the metrics file: there may be millions), and row/region counts per split."""
+    only in the metrics file: there may be millions), row/region counts per split, and what the report
+    draws (a sample of holdout rows, the worst regions)."""
 
     metrics: list[dict]
     rows: dict[str, int]
     regions: dict[str, int]
     region_rows: int = 0
+    picture: Picture = field(default_factory=Picture)
 
 
 def evaluate_model(plan: RunPlan, joined: JoinResult, split: Split, fit: FitResult,
@@ -253,26 +258,31 @@ def evaluate_model(plan: RunPlan, joined: JoinResult, split: Split, fit: FitResu
     cluster = cluster or dist.single_process()
     targets = plan.columns.targets
     regions = read_regions(joined)
-    errors, by_region = write_predictions(plan, joined, split, fit.model, regions, cluster)
+    errors, by_region, sample = write_predictions(plan, joined, split, fit.model, regions, cluster)
     errors = merge.merge_split_errors(cluster, errors)
     rows = metrics.metric_rows(errors, targets, optimum_rss=fit.exact.rss, stats=fit.stats)
     counts, region_batches = metrics.region_metric_batches(cluster, by_region, regions, targets)
+    picture = Picture(worst=worst_regions(cluster, by_region.holdout_mse(), regions),
+                      holdout_regions=counts.get("holdout", 0),
+                      sample=sample.merged(cluster).columns(targets, pred_column))
     evaluation = Evaluation(metrics=rows, rows={s: e.n for s, e in errors.items()}, regions=counts,
-                            region_rows=sum(counts.values()) * (len(targets) + 1))
+                            region_rows=sum(counts.values()) * (len(targets) + 1), picture=picture)
     if cluster.is_main:
         write_metrics(plan, fit, rows, region_batches)
     return evaluation
 
 
 def write_predictions(plan: RunPlan, joined: JoinResult, split: Split, model, regions: pa.ChunkedArray,
-                      cluster: Cluster) -> tuple[dict[str, metrics.SplitErrors], metrics.RegionErrors]:
+                      cluster: Cluster) -> tuple[dict[str, metrics.SplitErrors], metrics.RegionErrors, HoldoutSample]:
     """One scan of this rank's joined rows: predict, stream the predictions to the rank's part file, and sum
-    the errors; returns this rank's sums per split (`SplitErrors`) and per split and region (`RegionErrors`)."""
+    the errors; returns this rank's sums per split (`SplitErrors`) and per split and region (`RegionErrors`),
+    and its sample of holdout rows for the report."""
     columns, weight = plan.columns, plan.config.weight_column
     # R^2 on the training split follows the fit's convention: uncentred through the origin (as R's lm).
     errors = {"train": metrics.SplitErrors(len(columns.targets), centred=plan.config.fit_intercept),
               "holdout": metrics.SplitErrors(len(columns.targets))}
     by_region = metrics.RegionErrors(len(regions), len(columns.targets))
+    sample = HoldoutSample(len(columns.targets), seed=plan.config.seed, rank=cluster.rank)
     schema = predictions_schema(plan.key_fields, columns.targets, weight_column=weight)
     path, upload = prediction_part_file(plan, cluster)
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -290,6 +300,7 @@ def write_predictions(plan: RunPlan, joined: JoinResult, split: Split, model, re
             w = matrix(batch, [weight], np.float64)[:, 0] if weight else None
             for name, mask in (("train", ~holdout), ("holdout", holdout)):
                 errors[name].update(Y[mask], pred[mask], None if w is None else w[mask])
+            sample.add(Y[holdout], pred[holdout])
             residual = Y - pred
             by_region.update(batch.column(REGION_INDEX).to_numpy(), holdout, residual * residual, w)
             out = [batch.column(k).cast(plain.field(k).type) for k in columns.keys]
@@ -301,7 +312,7 @@ def write_predictions(plan: RunPlan, joined: JoinResult, split: Split, model, re
             background.write(pa.Table.from_arrays(out, schema=plain))
     if upload:
         plan.staging.upload("predictions", path, cluster.rank)
-    return errors, by_region
+    return errors, by_region, sample
 
 
 def prediction_part_file(plan: RunPlan, cluster: Cluster) -> tuple[str, bool]:
@@ -381,10 +392,11 @@ def discard(plan: RunPlan) -> None:
 
 
 def run(config: TrainConfig, *, attempt: Callable[[Callable[[], Any], str], Any] | None = None,
-        then: Callable[[RunPlan, FitResult], None] | None = None) -> RunSummary:
+        then: Callable[[RunPlan, FitResult, Evaluation], None] | None = None) -> RunSummary:
     """A whole training run in this process, without Prefect, in the flow's order: plan, validate-and-join,
     split, train, evaluate, commit. `attempt(step, name)` runs each step that touches storage (default: once;
-    `linreg.pipeline.inprocess` retries its transient errors); `then(plan, fit)` runs after the commit."""
+    `linreg.pipeline.inprocess` retries its transient errors); `then(plan, fit, evaluation)` runs after the
+    commit (the report)."""
     attempt = attempt or (lambda step, name: step())
     plan = attempt(lambda: plan_run(config), "plan")
     try:
@@ -397,5 +409,5 @@ def run(config: TrainConfig, *, attempt: Callable[[Callable[[], Any], str], Any]
         discard(plan)
         raise
     if then is not None:
-        then(plan, fit)
+        then(plan, fit, evaluation)
     return summary

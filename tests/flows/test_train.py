@@ -170,7 +170,52 @@ def test_help_is_answered_without_torch_prefect_or_duckdb(tmp_path):
                             env={**os.environ, "COLUMNS": "100"})
     assert result.returncode == 0, result.stderr
     assert "HEAVY []" in result.stderr
-    full = subprocess.run([sys.executable, "-c", "import flows.train as t; print(t.build_parser(description="
+    full = subprocess.run([sys.executable, "-c", "import flows.train as t; from linreg.config import build_parser; print(build_parser(description="
                            "t.__doc__.split(chr(10) * 2)[0]).format_help(), end='')"], cwd=REPO, capture_output=True,
                           text=True, timeout=300, env={**os.environ, "COLUMNS": "100"})
     assert result.stdout == full.stdout and "--memory-budget" in result.stdout
+
+
+def _modules_after_a_run(tmp_path, argv: list[str]) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """Run `python -m flows.train argv` (no server configured) in a fresh interpreter; the heavy modules it loaded."""
+    shutil.copytree(SAMPLE, tmp_path / "data" / "sample", dirs_exist_ok=True)
+    probe = (f"import runpy, sys\nsys.argv = ['flows.train'] + {argv!r}\n"
+             "try:\n    runpy.run_module('flows.train', run_name='__main__')\nexcept SystemExit as exc:\n"
+             "    assert exc.code == 0, exc.code\n"
+             "print('HEAVY', sorted(m for m in ('torch', 'prefect', 'matplotlib') if m in sys.modules), file=sys.stderr)\n")
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                            env={**env, "PYTHONPATH": str(REPO), "PREFECT_HOME": str(tmp_path / "prefect-home")})
+    assert result.returncode == 0, result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("HEAVY ")]
+    return result, eval(line[len("HEAVY "):])
+
+
+def test_an_exact_run_without_a_server_loads_neither_torch_nor_prefect(tmp_path):
+    """The exact trainer needs no torch, and a run that Prefect does not record needs no Prefect: the sample
+    run starts in a fraction of the time (bench/command_bench.py measures it). The nn trainer does load torch."""
+    result, heavy = _modules_after_a_run(tmp_path, ["--output", str(tmp_path / "exact")])
+    assert heavy == ["matplotlib"] and "15 joined" in result.stdout  # matplotlib: the report was drawn
+    assert list((tmp_path / "exact" / "reports").glob("run_id=*/report.png"))
+    _, heavy = _modules_after_a_run(tmp_path, ["--output", str(tmp_path / "nn"), "--trainer", "nn", "--epochs", "2"])
+    assert heavy == ["matplotlib", "torch"]
+
+
+def test_whether_a_server_is_configured_is_read_from_the_environment_and_the_active_profile(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name in ("PREFECT_API_URL", "PREFECT_PROFILE", "PREFECT_PROFILES_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "home"))
+    assert cli.no_server_configured()  # no profiles file: Prefect's built-in profile sets no server
+    (tmp_path / "home").mkdir()
+    profiles = tmp_path / "home" / "profiles.toml"
+    profiles.write_text('active = "work"\n[profiles.work]\nPREFECT_API_URL = "http://127.0.0.1:4200/api"\n'
+                        '[profiles.bare]\nPREFECT_LOGGING_LEVEL = "DEBUG"\n')
+    assert not cli.no_server_configured()
+    monkeypatch.setenv("PREFECT_PROFILE", "bare")
+    assert cli.no_server_configured()
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:4200/api")
+    assert not cli.no_server_configured()
+    monkeypatch.delenv("PREFECT_API_URL")
+    (tmp_path / ".env").write_text("PREFECT_API_URL=http://127.0.0.1:4200/api\n")
+    assert not cli.no_server_configured()  # a source only Prefect reads: Prefect decides

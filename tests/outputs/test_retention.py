@@ -12,7 +12,7 @@ from flows.prune import main as prune_main
 from linreg.config import make_config
 from linreg.errors import InputError
 from linreg.outputs import retention, runindex
-from linreg.pipeline import report, steps
+from linreg.pipeline import inprocess
 from tests.conftest import SAMPLE
 
 IDS = ("r1", "r2", "r3", "r4")  # committed in this order
@@ -27,9 +27,8 @@ def committed(tmp_path_factory):
     """Four committed exact runs on the sample, each with its report."""
     out = str(tmp_path_factory.mktemp("committed") / "out")
     for run_id in IDS:
-        steps.run(make_config(weather=str(SAMPLE / "weather.parquet"), yields=str(SAMPLE / "yields.parquet"),
-                                 output=out, run_id=run_id))
-        report.write_report(out, run_id, trainer="exact")
+        inprocess.run(make_config(weather=str(SAMPLE / "weather.parquet"), yields=str(SAMPLE / "yields.parquet"),
+                                  output=out, run_id=run_id))  # with its report
     return out
 
 

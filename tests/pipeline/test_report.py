@@ -20,7 +20,6 @@ from flows.train import train
 from linreg.config import make_config
 from linreg.errors import InputError, TransientIOError, is_transient
 from linreg.outputs import commit
-from linreg.pipeline import report
 from tests.conftest import REPO
 from tests.helpers import flow_run_logs, linear_tables, write
 
@@ -117,15 +116,14 @@ def test_runs_and_progress_lines_carry_the_run_id(nn_run):
 
 
 def test_exact_runs_get_a_report_without_a_loss_curve(tmp_path):
-    from linreg.pipeline import steps
+    from linreg.pipeline import inprocess
 
     w, y, _, _ = linear_tables(tmp_path, rows=60, regions=6)
-    out = str(tmp_path / "out")
-    steps.run(make_config(weather=w, yields=y, output=out, run_id="plain", holdout_fraction=0.0))
-    paths = report.write_report(out, "plain", trainer="exact", losses=[])
-    image = mpimg.imread(paths.png)
+    out = tmp_path / "out"
+    inprocess.run(make_config(weather=w, yields=y, output=str(out), run_id="plain", holdout_fraction=0.0))
+    image = mpimg.imread(out / "reports" / "run_id=plain" / "report.png")
     assert image[..., :3].std() > 0.05
-    assert "Run plain (exact)" in open(paths.html).read()
+    assert "Run plain (exact)" in (out / "reports" / "run_id=plain" / "report.html").read_text()
 
 
 def test_a_transient_io_error_is_retried_and_the_run_completes(prefect_server, tmp_path, monkeypatch):

@@ -18,7 +18,7 @@ def test_storage_steps_go_through_attempt_and_then_runs_after_the_commit(tmp_pat
         return step()
 
     summary = steps.run(make_config(weather=w, yields=y, output=str(tmp_path / "out"), run_id="r"),
-                        attempt=attempt, then=lambda plan, fit: after.append((plan.run_id, fit.train_rows)))
+                        attempt=attempt, then=lambda plan, fit, evaluation: after.append((plan.run_id, fit.train_rows)))
     assert names == ["plan", "validate-and-join", "evaluate"]
     assert after == [("r", summary.rows["train"])]
     assert (tmp_path / "out" / "runs" / "run_id=r").is_dir()
@@ -31,6 +31,6 @@ def test_a_failed_run_calls_no_then_and_leaves_no_staging(tmp_path):
     after = []
     with pytest.raises(InputError):
         steps.run(make_config(weather=w, yields=y, output=str(tmp_path / "out"), run_id="bad"),
-                  then=lambda plan, fit: after.append(plan))
+                  then=lambda plan, fit, evaluation: after.append(plan))
     assert after == [] and not list((tmp_path / "out").rglob("*.parquet"))
     assert not list((tmp_path / "out" / "_staging").glob("bad*"))

@@ -1,0 +1,92 @@
+"""The gradient trainers' half of a fit (`linreg.models.fit`): standardize the rows one pass gathered, build
+the batch source, model, optimizer and schedule, and train. The only part of a fit that imports torch: an
+exact fit never loads it."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch import nn
+
+from linreg.inputs.batches import stack_float32
+from linreg.models.sources import ReshuffledRows, ShuffledOnceRows, StreamedSteps
+from linreg.models.standardize import Standardizer
+from linreg.models.trainers import ManualModel, PlainSGD, Schedule, TRAINERS, TrainResult, auto_lr, step_rows
+from linreg.parallel import dist, merge
+
+if TYPE_CHECKING:
+    from linreg.models.fit import Seen, TrainOptions
+
+
+def train(seen: Seen, trainer: str, options: TrainOptions, cluster: dist.Cluster, checkpoint, stream
+           ) -> tuple[TrainResult, Standardizer, float, bool]:
+    """Standardize, build the batch source, model, optimizer and schedule, and run the gradient trainer:
+    (its result in the standardized space, the standardizer, the starting learning rate, whether the rows
+    were streamed)."""
+    p, k = len(seen.x.mean), len(seen.y.mean)
+    scaler = Standardizer.fit(seen.x, seen.y, fit_intercept=options.fit_intercept, enabled=options.standardize)
+    shift = np.concatenate([scaler.x_mean, scaler.y_mean])
+    scale = np.concatenate([scaler.x_scale, scaler.y_scale])
+    batch = step_rows(trainer, options.batch_size)
+    generator = torch.Generator().manual_seed(options.seed)  # manual's weights and one-process shuffles
+    model = ManualModel.draw(k, p, options.fit_intercept, generator, cluster.device) if trainer == "manual" else None
+    if seen.parts is None:
+        mean_weight = seen.x.weight / max(seen.x.n, 1) if seen.weighted else 1.0
+        rows = stream(shift, scale, seen.x.n, mean_weight)
+        source = StreamedSteps(rows, batch=batch, seed=options.seed, device=cluster.device)
+        checkpoint = None  # streamed epochs are not snapshotted
+        # a bound from each column's range: never larger than the true maximum
+        far = np.maximum((seen.low - scaler.x_mean) ** 2, (seen.high - scaler.x_mean) ** 2) / scaler.x_scale ** 2
+        local_max, n_local = float(far.sum()), rows.n_rows
+    else:
+        X, Y, w = _standardized_rows(seen, p, k, shift, scale, cluster.device)
+        if options.lr is None:
+            local_max, n_local = (float((X * X).sum(dim=1).max()) if len(X) else -np.inf), len(X)
+        if trainer == "manual":
+            source = ReshuffledRows(X, Y, w, batch=batch, cluster=cluster, seed=options.seed, generator=generator)
+        else:
+            source = ShuffledOnceRows(X, Y, w, batch=batch, cluster=cluster, seed=options.seed)
+    penalty = _penalty(seen, scaler, options, cluster.device)
+    lr = options.lr
+    if lr is None:
+        max_row_sq = cluster.all_reduce_max(local_max) + (1.0 if options.fit_intercept else 0.0)
+        n_rows = merge.total(cluster, n_local)  # all ranks' rows: the same lr as one process
+        lr = auto_lr(scaler.second_moment(seen.x, options.fit_intercept), max_row_sq, n_rows=n_rows,
+                     batch=batch or n_rows, n_targets=k, max_penalty=0.0 if penalty is None else float(penalty.max()))
+    schedule = Schedule(lr, tol=options.tol, patience=options.patience)
+    if trainer == "manual":
+        trained = TRAINERS[trainer](source, model, schedule, epochs=options.epochs, cluster=cluster, penalty=penalty,
+                                    checkpoint=checkpoint, generator=generator)
+    else:
+        torch.manual_seed(options.seed)  # nn.Linear's initialization
+        model = nn.Linear(p, k, bias=options.fit_intercept).to(cluster.device)
+        if isinstance(source, StreamedSteps):  # one process; the update streamed epochs have always made
+            optimizer, forward = PlainSGD(model.parameters(), lr=lr), model
+        else:
+            optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+            forward = merge.data_parallel(model, cluster, source.X.device)
+        trained = TRAINERS[trainer](source, model, optimizer, schedule, epochs=options.epochs, forward=forward,
+                                    penalty=penalty, checkpoint=checkpoint, generator=generator)
+    return trained, scaler, lr, seen.parts is None
+
+
+def _standardized_rows(seen: Seen, p: int, k: int, shift: np.ndarray, scale: np.ndarray, device):
+    """The kept float32 rows, standardized on the CPU and moved to `device`: X (n, p), Y (n, k), w (n,) or None."""
+    data = stack_float32(seen.parts, p + k + seen.weighted, torch.device("cpu"))
+    seen.parts = []
+    data[:, :p + k].sub_(torch.from_numpy(shift.astype(np.float32))).div_(torch.from_numpy(scale.astype(np.float32)))
+    data = data.to(device)
+    return data[:, :p], data[:, p:p + k], (data[:, p + k] if seen.weighted else None)
+
+
+def _penalty(seen: Seen, scaler: Standardizer, options: TrainOptions, device) -> torch.Tensor | None:
+    """The ridge factors (p,) float32 in the trainer's space, or None without --l2.
+
+    Ridge on the standardized features (sd, or root mean square through the origin), whatever the trainer's
+    own scaling: in its space the coefficient c maps to beta * sd / x_scale."""
+    if options.l2 <= 0:
+        return None
+    sd = Standardizer.fit(seen.x, seen.y, fit_intercept=options.fit_intercept, enabled=True).x_scale
+    return torch.from_numpy((options.l2 * (sd / scaler.x_scale) ** 2).astype(np.float32)).to(device)
