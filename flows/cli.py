@@ -107,6 +107,9 @@ def train_command(argv: list[str] | None, description: str, record: Callable | N
 
             return torchrun.cli(config, sys.argv[1:] if argv is None else list(argv))
         config = config.model_copy(update={"run_id": decide_run_id(config.run_id)})
+        from linreg.pipeline import report
+
+        report.warm_up()  # matplotlib loads while the run reads, joins and fits
         if record is None or prefect_server() is None:  # ad hoc, no server: in process, not a temporary server
             from linreg.pipeline import inprocess
 

@@ -15,8 +15,10 @@
 from __future__ import annotations
 
 import html
+import importlib
 import io
 import json
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,6 +55,24 @@ def metric_table(metric_rows: list[dict]) -> list[dict]:
 def target_label(target: str | None) -> str:
     """How a person sees a metric's target: its name, or 'all targets' (in italics) for the total row."""
     return "*all targets*" if target is None else target
+
+
+def warm_up() -> threading.Thread:
+    """Import matplotlib and load its fonts on a background thread while the run reads, joins and fits (the
+    picture is drawn at the end; under Prefect this hides most of the half second behind the server's round
+    trips): the started thread. Drawing works whether it has finished or not, and a failure here is raised
+    by the drawing, not by this thread."""
+    def load() -> None:
+        try:
+            for name in ("matplotlib.figure", "matplotlib.backends.backend_agg"):
+                importlib.import_module(name)
+            importlib.import_module("matplotlib.font_manager").findfont("DejaVu Sans")
+        except Exception:  # noqa: BLE001 (the report's own import raises it, with its traceback)
+            pass
+
+    thread = threading.Thread(target=load, name="report-warm-up", daemon=True)
+    thread.start()
+    return thread
 
 
 def _figure(run_id: str, trainer: str, losses: list[float], table: list[dict], picture: Picture,
