@@ -44,6 +44,12 @@ def test_flow_runs_every_step_under_prefect(prefect_server, tmp_path):
     assert {t.name for t in tasks} == {f"{step}-flow-1" for step in ("plan", "validate-and-join", "split", "train",
                                                                      "evaluate", "commit", "report", "artifacts")}
     assert all(t.state.is_completed() for t in tasks)
+    # the inputs Prefect is told not to walk into (opaque) still link each task to the task that made them
+    by_id = {t.id: t.name.rsplit("-flow-1", 1)[0] for t in tasks}
+    inputs = {by_id[t.id]: {k: {by_id.get(getattr(i, "id", None)) for i in v} for k, v in t.task_inputs.items()}
+              for t in tasks}
+    assert inputs["train"]["split"] == {"split"} and inputs["evaluate"]["fit"] == {"train"}
+    assert inputs["commit"]["evaluation"] == {"evaluate"} and inputs["report"]["evaluation"] == {"evaluate"}
 
 
 def test_a_run_without_a_run_id_carries_the_same_new_id_in_its_name_its_tasks_and_its_outputs(prefect_server, tmp_path):
