@@ -7,6 +7,7 @@
     outputs    the output datasets, their atomic and durable commit, the runs index, retention
     inputs     reading, checking and joining the weather and yield tables
     config, errors, redact, retry   the configuration, error types, credentials kept out of records, retries
+    features   the --features expressions and --aggregate: parsed, printed, compiled to SQL
 
 It never imports Prefect; `tasks/` and `flows/` wrap it. docs/design.md draws the layout.
 """

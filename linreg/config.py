@@ -19,6 +19,7 @@ from typing import Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from linreg.errors import EXIT_BAD_INPUT, EXIT_CONFLICT, EXIT_FAILURE, InputError
+from linreg.features.expression import split_top_level
 
 # Not nan, inf, infinity, true, false or epoch (any case): Polars' hive partitioning reads some as numbers or
 # booleans, DuckDB's as dates and Spark's as doubles, so run_id would not be text in every reader.
@@ -84,7 +85,10 @@ class TrainConfig(BaseModel):
     yields: str = Field("data/sample/yields.parquet",
                         description="Yields table, in any of the same forms as --weather.")
     features: list[str] = Field(["temp", "rainfall", "humidity"],
-                                description="Numeric feature columns of the weather table.")
+                                description="Features: numeric weather columns, or expressions over them, the "
+                                "join keys other than the region and --aggregate names: \"temp, temp^2, "
+                                "temp*rainfall, log(rainfall + 1), year - 2000\" (+ - * / ^, log exp sqrt abs "
+                                "pow least greatest log10; see docs/features.md).", json_schema_extra=_cli(metavar="EXPR,..."))
     targets: list[str] = Field(["apples", "oranges"],
                                description="Numeric target columns of the yields table.")
     join_keys: Optional[list[str]] = Field(None, description="Join keys, region first (default: region, plus year "
@@ -92,9 +96,10 @@ class TrainConfig(BaseModel):
                                            "holdout.", json_schema_extra=_cli("--keys"))
     time_column: str = Field("year", description="Column that --holdout-from-year compares against.")
     aggregate: Optional[str] = Field(None, description="Aggregate finer-grained weather (e.g. daily) to the "
-                                     "keys before the join: mean|min|max|sum for every feature, or per feature "
-                                     "as temp:mean,rainfall:sum (others: mean). Without it duplicate weather "
-                                     "keys are an error.")
+                                     "keys before the join: mean|min|max|sum for every column the features use, "
+                                     "per column as temp:max,rainfall:sum (others: mean), and named aggregate "
+                                     "expressions the features may use: \"gdd=sum(greatest(least(temp, 29) - 10, "
+                                     "0)), rain=sum(rainfall)\". Without it duplicate weather keys are an error.")
     max_drop_fraction: float = Field(0.5, ge=0, le=1, description="Fail when the join drops more than this "
                                      "share of either table's rows, instead of training on a sliver.")
 
@@ -209,7 +214,9 @@ class TrainConfig(BaseModel):
 
     @model_validator(mode="after")
     def _keys_and_columns_disjoint(self) -> "TrainConfig":
-        roles = {"feature": self.features, "target": self.targets, "key": self.join_keys or [],
+        # a key may be a feature (a trend: `year`); linreg.inputs.schema refuses the region
+        keys = [k for k in self.join_keys or [] if k not in self.features]
+        roles = {"feature": self.features, "target": self.targets, "key": keys,
                  "weight column": [self.weight_column] if self.weight_column else []}
         seen: dict[str, str] = {}
         for role, names in roles.items():
@@ -251,8 +258,8 @@ def _inner_type(annotation):
 
 
 def _comma_list(item_type):
-    def parse(text: str):
-        return [item_type(part.strip()) for part in text.split(",") if part.strip()]
+    def parse(text: str):  # commas inside parentheses or double quotes belong to an expression: least(a, b)
+        return [item_type(part) for part in split_top_level(text)]
     return parse
 
 

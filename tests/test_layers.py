@@ -1,4 +1,4 @@
-"""The package's layers import one way (docs/design.md): config/errors/redact/retry < inputs < outputs < parallel <
+"""The package's layers import one way (docs/design.md): config/errors/redact/retry/features < inputs < outputs < parallel <
 models < pipeline < launch; the library never imports Prefect, and a trainer never imports the parallel layer
 (the collectives and merges are passed in)."""
 
@@ -14,7 +14,7 @@ def layer(module: str) -> str | None:
     parts = module.split(".")
     if parts[0] != "linreg":
         return None
-    return "core" if len(parts) == 1 or parts[1] in ("config", "errors", "redact", "retry") else parts[1]
+    return "core" if len(parts) == 1 or parts[1] in ("config", "errors", "redact", "retry", "features") else parts[1]
 
 
 def imports(path: Path) -> set[str]:

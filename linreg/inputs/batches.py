@@ -51,7 +51,7 @@ class GroupedFile:
     of the joined rows; the fit pass needs none of them)."""
 
     def __init__(self, path: str, columns: list[str]):
-        self.path, self.columns = path, columns
+        self.path, self.columns = path, list(dict.fromkeys(columns))  # a key may also be a feature (a trend)
 
     def __enter__(self) -> "GroupedFile":
         if self.path.endswith(".parquet"):

@@ -26,7 +26,9 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from linreg.errors import InputError, format_examples
+from linreg.features.expression import Column, canonical, column_names
 from linreg.inputs.buckets import FixedBatches, bucket_count, bucket_cuts, partition_inputs, value_bytes
+from linreg.inputs.derive import feature_sql, weather_sql
 from linreg.inputs.schema import Columns, key_kind
 from linreg.inputs.sql import MIN_DUCKDB_MEMORY, quote
 from linreg.inputs.tables import Table, is_input_fault
@@ -118,29 +120,6 @@ def register(con: duckdb.DuckDBPyConnection, view: str, table: Table) -> None:
         con.register(view, table.dataset)
 
 
-AGGREGATES = {"mean": "avg", "min": "min", "max": "max", "sum": "sum"}
-
-
-def parse_aggregate(spec: str | None, features: list[str]) -> dict[str, str] | None:
-    """'mean' (every feature) or 'temp:mean,rainfall:sum' (per feature; others default to mean) -> {feature: func}."""
-    if not spec:
-        return None
-    parts = [p.strip() for p in spec.split(",") if p.strip()]
-    if len(parts) == 1 and ":" not in parts[0]:
-        funcs = dict.fromkeys(features, parts[0])
-    else:
-        funcs = dict.fromkeys(features, "mean")
-        for part in parts:
-            name, _, func = part.partition(":")
-            if name not in features:
-                raise InputError(f"--aggregate names {name!r}, which is not a feature ({', '.join(features)}).")
-            funcs[name] = func
-    bad = sorted({f for f in funcs.values() if f not in AGGREGATES})
-    if bad:
-        raise InputError(f"--aggregate: unknown function(s) {format_examples(bad)}; use {', '.join(AGGREGATES)}.")
-    return funcs
-
-
 def join_tables(con: duckdb.DuckDBPyConnection, weather: Table, yields: Table, columns: Columns,
                 out_path: str, **options) -> JoinResult:
     """`_join_tables`, with a damaged input file (one DuckDB's reader rejects, though pyarrow read its footer
@@ -178,8 +157,8 @@ def _as_input_error(exc: BaseException, weather: Table, yields: Table) -> BaseEx
 
 
 def _join_tables(con: duckdb.DuckDBPyConnection, weather: Table, yields: Table, columns: Columns,
-                 out_path: str, *, max_drop_fraction: float, aggregate: dict[str, str] | None = None,
-                 weight_column: str | None = None, row_filter: str | None = None, check: bool = True,
+                 out_path: str, *, max_drop_fraction: float, weight_column: str | None = None,
+                 row_filter: str | None = None, check: bool = True,
                  ordered: bool = True, memory_limit: int = 256 * 2**20, buckets: int | None = None) -> JoinResult:
     """Check the keys, join, write the joined rows to `out_path` (Arrow IPC), and check the drop rate.
 
@@ -200,9 +179,11 @@ def _join_tables(con: duckdb.DuckDBPyConnection, weather: Table, yields: Table, 
     each bucket is joined on its own, in region order, so the joined file is the same as one join's
     (`bucket_count` says how many; `buckets` overrides it, for tests).
 
-    With `aggregate` ({feature: mean|min|max|sum}) weather rows at a finer grain (several per key, e.g.
-    daily) are first aggregated to the keys, streaming in DuckDB; duplicate weather keys are then expected.
+    Features are computed by DuckDB from their expressions (`columns.spec`, `linreg.features`). With --aggregate,
+    weather rows at a finer grain (several per key, e.g. daily) are first aggregated to the keys, streaming in
+    DuckDB; duplicate weather keys are then expected.
     """
+    aggregate = bool(columns.spec and columns.spec.aggregating)
     if row_filter:  # one rank's regions: the counts below are then this rank's
         register(con, "weather_input", weather)
         register(con, "yields_input", yields)
@@ -214,9 +195,9 @@ def _join_tables(con: duckdb.DuckDBPyConnection, weather: Table, yields: Table, 
     weather_regions, yields_regions = (check_key_values(con, table, view, columns.keys, columns.region)
                                        for table, view in ((weather, "weather_rows"), (yields, "yields")))
     regions, region_rows = region_index(weather_regions, yields_regions)
-    weather_view(con, "weather", "weather_rows", columns, aggregate)
+    weather_view(con, "weather", "weather_rows", columns)
     values = columns.features + columns.targets + ([weight_column] if weight_column else [])
-    needed = (columns.keys + columns.features,
+    needed = (columns.keys + columns.weather_columns,
               columns.keys + columns.targets + ([weight_column] if weight_column else []))
     row_bytes = [sum(value_bytes(t.schema.field(c).type) for c in names) for t, names in zip((weather, yields), needed)]
     input_rows = [int(pc.sum(t.column("n_rows")).as_py() or 0) for t in (weather_regions, yields_regions)]
@@ -247,7 +228,7 @@ def _join_tables(con: duckdb.DuckDBPyConnection, weather: Table, yields: Table, 
                     views = ("weather", "yields")
                 else:  # this bucket's rows
                     bucket_rows = partitioned.views(con, cuts.index(hi))
-                    weather_view(con, "linreg_weather", bucket_rows[0], columns, aggregate)
+                    weather_view(con, "linreg_weather", bucket_rows[0], columns)
                     views = ("linreg_weather", bucket_rows[1])
                 con.register("linreg_regions", regions.slice(lo, hi - lo))
                 if aggregate:
@@ -299,16 +280,11 @@ def check_joined(con: duckdb.DuckDBPyConnection, result: JoinResult, weather: Ta
     check_drops(result, weather, yields, keys, max_drop_fraction)
 
 
-def weather_view(con: duckdb.DuckDBPyConnection, name: str, rows: str, columns: Columns,
-                 aggregate: dict[str, str] | None) -> None:
-    """Create view `name` of the weather rows of view `rows`: aggregated to the keys with `aggregate`
-    ({feature: mean|min|max|sum}; streaming in DuckDB), else the rows as they are."""
-    if aggregate:
-        key_list = ", ".join(quote(k) for k in columns.keys)
-        aggs = ", ".join(f"{AGGREGATES[aggregate[f]]}({quote(f)}) AS {quote(f)}" for f in columns.features)
-        con.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS SELECT {key_list}, {aggs} FROM {rows} GROUP BY {key_list}")
-    else:
-        con.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS SELECT * FROM {rows}")
+def weather_view(con: duckdb.DuckDBPyConnection, name: str, rows: str, columns: Columns) -> None:
+    """Create view `name` of the weather rows of view `rows`: with --aggregate (`columns.spec`), aggregated to
+    the keys (streaming in DuckDB): each column the features use by its function, each named aggregate by its
+    expression; else the rows as they are."""
+    con.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS {weather_sql(columns, rows)}")
 
 
 def check_key_values(con: duckdb.DuckDBPyConnection, table: Table, view: str, keys: list[str],
@@ -354,7 +330,7 @@ def join_query(columns: Columns, weight_column: str | None, weather: str, yields
     regions' sort order: an integer is cheaper to sort, and to spill, than the region's text), then the
     other keys."""
     on = " AND ".join(f"w.{quote(k)} = y.{quote(k)}" for k in columns.keys)
-    select = ", ".join([f"w.{quote(k)}" for k in columns.keys] + [f"w.{quote(f)}" for f in columns.features]
+    select = ", ".join([f"w.{quote(k)}" for k in columns.keys] + feature_sql(columns, "w")
                        + [f"y.{quote(t)}" for t in columns.targets]
                        + ([f"y.{quote(weight_column)}"] if weight_column else [])  # --weight-column
                        + [f"r.{REGION_INDEX}", f"hash({', '.join(f'w.{quote(k)}' for k in columns.keys)}) AS {KEY_HASH}"])
@@ -372,14 +348,27 @@ def first_bad_value(batch: pa.RecordBatch, columns: list[str]) -> str | None:
 def _bad_value_error(weather: Table, yields: Table, columns: Columns, weight_column: str | None,
                      batch: pa.RecordBatch, name: str) -> InputError:
     """An InputError naming the file, column and keys of a bad value found among the joined rows: the
-    per-file check of the input tables names them; if the inputs are clean (an aggregate overflowed), the
-    joined rows' keys are named."""
-    check_values(weather, columns.keys, columns.features)
+    per-file check of the input tables names them; if the inputs are clean, an expression left its domain
+    (or an aggregate overflowed) there, and the expression, its columns and the joined rows' keys are named."""
+    check_values(weather, columns.keys, columns.weather_columns)
     check_values(yields, columns.keys, columns.targets + ([weight_column] if weight_column else []))
-    examples = example_keys(batch.filter(bad_mask(batch.column(name), is_key=False)), columns.keys, MAX_EXAMPLES)
+    bad = batch.filter(bad_mask(batch.column(name), is_key=False))
+    examples = format_examples(example_keys(bad, columns.keys, MAX_EXAMPLES))
+    spec = columns.spec
+    tree = spec.trees[columns.features.index(name)] if spec and name in columns.features else None
+    if tree is not None and not (isinstance(tree, Column) and tree.name not in spec.named):
+        used = {n: spec.named.get(n) for n in column_names(tree)}
+        parts = [f"{n}={canonical(t)}" if t is not None else n for n, t in used.items()]
+        first = bad.slice(0, 1).select(columns.keys).to_pylist()[0]
+        where = "" if spec.aggregating else f" (file(s) {format_examples(_files_holding(weather, columns.keys, first), 3)})"
+        return InputError(
+            f"Feature {name!r} (from {', '.join(parts)}) is not a finite number in the rows with keys {examples} of "
+            f"the {weather.describe()}{where}, though every input value there is finite: a value is outside the "
+            "domain of a function or operator (log of a value <= 0, sqrt of a negative value, a division by zero, "
+            "a negative number to a fractional power) or the result overflows. Change the expression (for example "
+            "log(x + 1)) or leave those rows out of the input.")
     return InputError(f"Column {name!r} is null, NaN or infinite after the join (and --aggregate) in rows with keys "
-                      f"{format_examples(examples)}, though every input value is finite: an aggregate overflowed. "
-                      "Rescale the column.")
+                      f"{examples}, though every input value is finite: an aggregate overflowed. Rescale the column.")
 
 
 def duplicate_hashes(path: str, n: int, memory_limit: int) -> bool:

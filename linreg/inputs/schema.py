@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 from linreg.errors import InputError, format_examples
+from linreg.features.spec import Features, check_names, parse_features
 from linreg.inputs.tables import Table
 
 # 2: totals have null region and target (were 'all'); the runs entry has no run_id column (its folder names it)
@@ -21,11 +22,19 @@ SPLITS = ("train", "holdout")
 
 @dataclass(frozen=True)
 class Columns:
-    """Who is who: `keys` join the tables (keys[0] is the region), features feed the model, targets are predicted."""
+    """Who is who: `keys` join the tables (keys[0] is the region), features feed the model, targets are predicted.
+
+    features are the canonical forms of the `--features` expressions (`spec`; None: plain weather columns)."""
 
     keys: list[str]
     features: list[str]
     targets: list[str]
+    spec: Features | None = None
+
+    @property
+    def weather_columns(self) -> list[str]:
+        """The weather table's columns the run reads besides the keys."""
+        return self.spec.weather_columns(self.keys) if self.spec else list(self.features)
 
     @property
     def region(self) -> str:
@@ -41,22 +50,28 @@ def pred_column(target: str) -> str:
 
 
 def resolve_columns(weather: Table, yields: Table, *, features: list[str], targets: list[str],
-                    keys: list[str] | None) -> Columns:
-    """Check both tables' schemas for the run and return its column roles; raise InputError on any problem."""
+                    keys: list[str] | None, aggregate: str | None = None) -> Columns:
+    """Parse the features (expressions, `linreg.features.spec`), check both tables' schemas for the run and
+    return its column roles; raise InputError on any problem."""
     if keys is None:
         keys = ["region", "year"] if all("year" in t.schema.names for t in (weather, yields)) else ["region"]
-    columns = Columns(keys=list(keys), features=list(features), targets=list(targets))
+    spec = parse_features(list(features), aggregate, columns=weather.schema.names)
+    columns = Columns(keys=list(keys), features=spec.terms, targets=list(targets), spec=spec)
+    check_names(spec, weather.schema.names, columns.keys, columns.region, weather.describe())
     _check_names(columns)
-    _check_present(weather, columns.keys + columns.features)
+    inputs = columns.weather_columns
+    _check_present(weather, columns.keys + inputs)
     _check_present(yields, columns.keys + columns.targets)
-    _check_not_null_typed(weather, columns.keys + columns.features)
+    _check_not_null_typed(weather, columns.keys + inputs)
     _check_not_null_typed(yields, columns.keys + columns.targets)
-    for table, names in ((weather, columns.features), (yields, columns.targets)):
+    for table, names in ((weather, inputs), (yields, columns.targets)):
         for name in names:
             _check_numeric(table, name)
     for key in columns.keys:
+        if key in spec.used_names():  # a trend: a key as a feature
+            _check_numeric(weather, key)
         _check_key_types(weather, yields, key)
-    _check_file_types(weather, columns.keys, columns.features)
+    _check_file_types(weather, columns.keys, inputs)
     _check_file_types(yields, columns.keys, columns.targets)
     for table in (weather, yields):
         _check_not_empty(table)
@@ -105,7 +120,8 @@ def _is_numeric(kind: pa.DataType) -> bool:
 def _check_names(columns: Columns) -> None:
     taken = set(RESERVED_WORDS) | set(columns.keys) | set(columns.predictions)
     for role, names in (("feature", columns.features), ("target", columns.targets)):
-        clash = [n for n in names if n in taken]
+        # a key other than the region may be a feature (a trend: `year`): the joined rows' key column is it
+        clash = [n for n in names if n in taken and not (role == "feature" and n in columns.keys[1:])]
         if clash:
             raise InputError(f"The {role} name(s) {format_examples(clash)} would collide with the output columns "
                              f"or words ({', '.join(RESERVED_WORDS)}, the key columns, '<target>_pred'). "

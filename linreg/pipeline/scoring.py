@@ -1,9 +1,11 @@
 """Score new weather data with a committed run's model: weather -> the `scores` dataset.
 
     <output>/scores/score_run_id=<id>/part-0.parquet: the key columns (their input types), model_run_id
-    (string), and <target>_pred (float64) per target; one row per weather row.
+    (string), and <target>_pred (float64) per target; one row per weather row (per key when the
+    model's run aggregated its weather with --aggregate: scoring aggregates the same way).
 
-The weather table is read batch by batch (memory: one record batch) after a value check, written to a
+The weather table is read batch by batch (memory: one record batch) after a value check, its features
+computed by the same SQL as the training join's (`linreg.features`), written to a
 staging area and committed like the training outputs. Scores never go into `predictions` (that dataset
 holds a training run's own rows with their actual values).
 """
@@ -11,9 +13,11 @@ holds a training run's own rows with their actual values).
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import Iterator, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -23,8 +27,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from linreg.config import check_run_id, decide_run_id
 from linreg.errors import InputError, format_examples
 from linreg.inputs.batches import matrix
-from linreg.inputs.checks import check_values
-from linreg.inputs.schema import SCHEMA_VERSION, pred_column
+from linreg.features.spec import parse_features
+from linreg.inputs.checks import MAX_EXAMPLES, bad_mask, check_values, example_keys
+from linreg.inputs.schema import SCHEMA_VERSION, Columns, pred_column
 from linreg.inputs.tables import Table, fingerprint, open_table
 from linreg.models.estimator import TrainedRun, load_run
 from linreg.outputs import commit, destination
@@ -86,10 +91,22 @@ def score_keys(run: TrainedRun, table: Table) -> list[str]:
         return keys or (["region", "year"] if "year" in table.schema.names else ["region"])
 
 
-def check_features(table: Table, keys: list[str], run: TrainedRun, *, allow_extra: bool = False) -> None:
-    """The weather columns must be the keys plus exactly the model's features (numeric)."""
+def scoring_columns(run: TrainedRun, keys: list[str], names: list[str]) -> Columns:
+    """The run's features as it computed them: its `--features` expressions and `--aggregate`, parsed again
+    as training did over the weather columns `names` (their terms are the model's)."""
+    aggregate = run.config.get("aggregate")
+    spec = parse_features(list(run.config.get("features") or run.model.features), aggregate, names)
+    if list(spec.terms) != list(run.model.features):  # a model written by hand: its terms are the expressions
+        spec = parse_features(list(run.model.features), aggregate, names)
+    return Columns(keys=keys, features=spec.terms, targets=list(run.model.targets), spec=spec)
+
+
+def check_features(table: Table, keys: list[str], run: TrainedRun, *, allow_extra: bool = False) -> Columns:
+    """The weather columns must be the keys plus exactly the columns the model's features use (numeric);
+    returns the run's columns (`scoring_columns`)."""
     names = table.schema.names
-    features = list(run.model.features)
+    columns = scoring_columns(run, keys, names)
+    features = columns.weather_columns
     missing_keys = [k for k in keys if k not in names]
     if missing_keys:
         raise InputError(f"The {table.describe()} has no key column {format_examples(missing_keys)}, which the model "
@@ -106,13 +123,48 @@ def check_features(table: Table, keys: list[str], run: TrainedRun, *, allow_extr
         hint = (" A missing and an unknown column together usually mean a renamed column: rename it back."
                 if missing and extra else "")
         hint += " Drop the unknown columns, or pass --allow-extra-columns to ignore them." if extra and not missing else ""
+        used = f" (features: {', '.join(columns.features)})" if features != columns.features else ""
         raise InputError(f"The {table.describe()} does not match the features of the model of run {run.run_id!r}: "
-                         f"{'; '.join(problems)}. The model was trained on {', '.join(features)} "
+                         f"{'; '.join(problems)}. The model was trained on {', '.join(features)}{used} "
                          f"(keys: {', '.join(keys)}).{hint}")
-    for name in features:
+    for name in features + [k for k in keys if k in columns.spec.used_names()]:
         kind = table.schema.field(name).type
         if not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind)):
             raise InputError(f"The {table.describe()}: column {name!r} must be numeric, but it is {kind}.")
+    return columns
+
+
+def feature_batches(table: Table, columns: Columns, work_dir: str) -> Iterator[pa.RecordBatch]:
+    """The weather rows to score with their keys and feature columns (named by term): read as they are when
+    the features are plain columns, else computed by DuckDB with the training join's SQL (aggregated to the
+    keys as in training, `linreg.inputs.derive`)."""
+    if columns.spec.plain:
+        yield from table.batches(list(dict.fromkeys(columns.keys + columns.features)))
+        return
+    from linreg.inputs.derive import feature_sql, weather_sql
+    from linreg.inputs.join import connect, register
+    from linreg.inputs.sql import MIN_DUCKDB_MEMORY, quote
+
+    con = connect(work_dir, 4 * MIN_DUCKDB_MEMORY)
+    try:
+        register(con, "weather_rows", table)
+        select = ", ".join([f"w.{quote(k)}" for k in columns.keys] + feature_sql(columns, "w"))
+        yield from con.sql(f"SELECT {select} FROM ({weather_sql(columns, 'weather_rows')}) w").to_arrow_reader(65536)
+    finally:
+        con.close()
+
+
+def _check_batch(table: Table, columns: Columns, batch: pa.RecordBatch) -> None:
+    """A feature that is not finite in a row of `batch` (an expression outside its domain: the inputs were
+    checked): an InputError naming the feature and the rows' keys."""
+    for term in columns.features:
+        mask = bad_mask(batch.column(term), is_key=False)
+        if mask is not None:
+            examples = example_keys(batch.filter(mask), columns.keys, MAX_EXAMPLES)
+            raise InputError(f"Feature {term!r} is not a finite number in the rows with keys "
+                             f"{format_examples(examples)} of the {table.describe()}, though every input value there "
+                             "is finite: a value is outside the domain of a function or operator (log of a value "
+                             "<= 0, sqrt of a negative value, a division by zero) or the result overflows.")
 
 
 def scores_schema(key_fields: list[pa.Field], targets: list[str]) -> pa.Schema:
@@ -128,12 +180,9 @@ def score(config: ScoreConfig) -> ScoreSummary:
     check_schema_version(config.output or run.output)  # a root with runs of an older layout: migrate it first
     table = open_table(config.weather, "weather")
     keys = score_keys(run, table)
-    check_features(table, keys, run, allow_extra=config.allow_extra_columns)
-    features, targets = list(run.model.features), list(run.model.targets)
-    if run.config.get("aggregate"):  # scoring does not aggregate: finer-grained rows would be scored one by one
-        log.warning("the model of run %s was trained on weather aggregated to the keys (--aggregate %s): the weather "
-                    "to score must already hold one row per key", run.run_id, run.config["aggregate"])
-    check_values(table, keys, features)
+    columns = check_features(table, keys, run, allow_extra=config.allow_extra_columns)
+    features, targets = columns.features, columns.targets
+    check_values(table, keys, columns.weather_columns)
     score_run_id = decide_run_id(config.score_run_id)
     schema = scores_schema([table.schema.field(k) for k in keys], targets)
     metadata = commit.file_metadata(run_id=score_run_id, trainer=str(run.config.get("trainer")), config=run.config,
@@ -141,9 +190,12 @@ def score(config: ScoreConfig) -> ScoreSummary:
     metadata[b"linreg.model_run_id"] = run.run_id.encode()
     staging = commit.Staging.create(config.output or run.output, score_run_id, datasets=(SCORES,), key=SCORE_KEY)
     rows = 0
+    work_dir = tempfile.mkdtemp(prefix=f"linreg-score-{score_run_id}-")
     try:
         with commit.open_writer(staging.file(SCORES), schema, metadata, write_back=staging.is_local) as writer:
-            for batch in table.batches(keys + features):
+            for batch in feature_batches(table, columns, work_dir):
+                if not columns.spec.plain:
+                    _check_batch(table, columns, batch)
                 pred = run.model.predict(matrix(batch, features, np.float64))
                 out = [batch.column(k) for k in keys] + [pa.array([run.run_id] * batch.num_rows, pa.string())]
                 out += [pa.array(pred[:, j]) for j in range(len(targets))]
@@ -154,6 +206,8 @@ def score(config: ScoreConfig) -> ScoreSummary:
     except BaseException:
         staging.discard()
         raise
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
     summary = ScoreSummary(score_run_id=score_run_id, model_run_id=run.run_id, rows=rows, keys=keys,
                            targets=targets, output=final, seconds=time.perf_counter() - start)
     log.info("scoring %s: %d row(s), %d feature(s), %d target(s) with the model of run %s in %.2f s -> %s",

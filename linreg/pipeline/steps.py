@@ -32,7 +32,7 @@ from linreg.errors import InputError
 from linreg.inputs import shard
 from linreg.inputs.batches import matrix, read_batches
 from linreg.inputs.holdout import Split, choose_split
-from linreg.inputs.join import JoinResult, REGION_INDEX, check_joined, connect, join_tables, parse_aggregate
+from linreg.inputs.join import JoinResult, REGION_INDEX, check_joined, connect, join_tables
 from linreg.inputs.schema import (Columns, SCHEMA_VERSION, check_weight_column, metrics_schema, pred_column,
                                   predictions_schema, resolve_columns, runs_schema)
 from linreg.inputs.stream import StreamedRows
@@ -92,7 +92,8 @@ def plan_run(config: TrainConfig) -> RunPlan:
     recover_and_check(config.output)  # finish interrupted commits; a root of an older layout: migrate it first
     weather = open_table(config.weather, "weather")
     yields = open_table(config.yields, "yields")
-    columns = resolve_columns(weather, yields, features=config.features, targets=config.targets, keys=config.join_keys)
+    columns = resolve_columns(weather, yields, features=config.features, targets=config.targets, keys=config.join_keys,
+                              aggregate=config.aggregate)
     if config.weight_column:
         check_weight_column(yields, config.weight_column, columns)
     if config.holdout_from_year is not None and config.time_column not in columns.keys:
@@ -130,7 +131,6 @@ def join_inputs(plan: RunPlan, cluster: Cluster | None = None) -> JoinResult:
             check_weights(yields_checked, columns.keys, config.weight_column)
         return join_tables(con, weather, yields, columns, os.path.join(plan.work_dir, "joined.arrow"),
                            max_drop_fraction=config.max_drop_fraction,
-                           aggregate=parse_aggregate(config.aggregate, columns.features),
                            weight_column=config.weight_column,
                            row_filter=shard.sql_predicate(columns.region, cluster.rank, cluster.world_size),
                            check=False, ordered=config.trainer != "exact",

@@ -1,13 +1,11 @@
 """--aggregate: weather at a finer grain than yields (daily rows per region and year)."""
 
-import json
-
 import numpy as np
 import pytest
 
 from linreg.config import make_config
 from linreg.errors import InputError
-from linreg.inputs.join import parse_aggregate
+from linreg.features.spec import parse_features
 from linreg.pipeline import steps
 from datagen.synth import generate
 from tests.helpers import write
@@ -49,14 +47,18 @@ def test_per_feature_aggregates_match_a_pandas_groupby(tmp_path):
     assert summary.weights["apples"] == pytest.approx({"temp": 2.0, "rainfall": -0.5, "intercept": 1.0}, abs=1e-9)
 
 
-@pytest.mark.parametrize("spec,match", [("median", "unknown function"), ("wind:mean", "not a feature")])
+@pytest.mark.parametrize("spec,match", [("median", "unknown function 'median'"),
+                                        ("wind:mean", "names 'wind', which no feature uses"),
+                                        ("sum, max", "two default functions")])
 def test_bad_aggregate_spec(spec, match):
     with pytest.raises(InputError, match=match):
-        parse_aggregate(spec, ["temp", "rainfall"])
+        parse_features(["temp", "rainfall"], spec)
 
 
 def test_aggregate_spec_forms():
-    assert parse_aggregate("sum", ["a", "b"]) == {"a": "sum", "b": "sum"}
-    assert parse_aggregate("b:max", ["a", "b"]) == {"a": "mean", "b": "max"}
-    assert parse_aggregate(None, ["a"]) is None
-    assert json.dumps(parse_aggregate("a:min", ["a"])) == '{"a": "min"}'
+    assert parse_features(["a", "b"], "sum").aggregated_columns([]) == {"a": "sum", "b": "sum"}
+    assert parse_features(["a", "b"], "b:max").aggregated_columns([]) == {"a": "mean", "b": "max"}
+    assert not parse_features(["a"], None).aggregating
+    both = parse_features(["g", "a", "year"], "g=sum(greatest(a - 10, 0)), a:min")
+    assert both.aggregated_columns(["region", "year"]) == {"a": "min"}  # keys are not aggregated
+    assert list(both.used_aggregates()) == ["g"] and both.weather_columns(["region", "year"]) == ["a"]

@@ -149,9 +149,10 @@ def test_bucket_count_follows_the_input_and_the_memory_limit():
     assert bucket_count(2**50, 128 * mb, ordered=False) == MAX_BUCKETS
 
 
-def _join(tmp_path, name, w, y, buckets, **options):
+def _join(tmp_path, name, w, y, buckets, aggregate=None, **options):
     weather, yields = open_table(w, "weather"), open_table(y, "yields")
-    columns = resolve_columns(weather, yields, features=["temp", "rainfall"], targets=["apples"], keys=None)
+    columns = resolve_columns(weather, yields, features=["temp", "rainfall"], targets=["apples"], keys=None,
+                              aggregate=aggregate)
     con = connect(str(tmp_path), 128 * 2**20)
     try:
         result = join_tables(con, weather, yields, columns, str(tmp_path / f"{name}.arrow"), max_drop_fraction=1.0,
@@ -197,8 +198,8 @@ def test_a_join_bucket_by_bucket_writes_the_same_rows_as_one_join(tmp_path, inte
 
 def test_aggregated_weather_joins_bucket_by_bucket_to_the_same_rows(tmp_path):
     w, y = _weather_and_yields(tmp_path, regions=23, years=[2001, 2002, 2003, 2001, 2002])  # 2 rows a key
-    one, rows = _join(tmp_path, "one", w, y, buckets=1, ordered=True, aggregate={"temp": "mean", "rainfall": "sum"})
-    many, bucketed = _join(tmp_path, "many", w, y, buckets=4, ordered=True, aggregate={"temp": "mean", "rainfall": "sum"})
+    one, rows = _join(tmp_path, "one", w, y, buckets=1, ordered=True, aggregate="temp:mean,rainfall:sum")
+    many, bucketed = _join(tmp_path, "many", w, y, buckets=4, ordered=True, aggregate="temp:mean,rainfall:sum")
     assert bucketed.equals(rows) and many.weather_keys == one.weather_keys == 25 * 3
 
 

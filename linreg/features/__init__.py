@@ -1,0 +1,1 @@
+"""Derived features: expressions over weather columns and the join keys."""
