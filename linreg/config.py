@@ -14,7 +14,7 @@ import re
 import secrets
 import types
 import typing
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -88,7 +88,8 @@ class TrainConfig(BaseModel):
                                 description="Features: numeric weather columns, or expressions over them, the "
                                 "join keys other than the region and --aggregate names: \"temp, temp^2, "
                                 "temp*rainfall, log(rainfall + 1), year - 2000\" (+ - * / ^, log exp sqrt abs "
-                                "pow least greatest log10; see docs/features.md).", json_schema_extra=_cli(metavar="EXPR,..."))
+                                "pow least greatest log10; see docs/features.md).",
+                                json_schema_extra=_cli(metavar="EXPR,..."))
     targets: list[str] = Field(["apples", "oranges"],
                                description="Numeric target columns of the yields table.")
     join_keys: Optional[list[str]] = Field(None, description="Join keys, region first (default: region, plus year "
@@ -136,8 +137,15 @@ class TrainConfig(BaseModel):
     weight_column: Optional[str] = Field(None, description="Column of the yields table holding precision weights "
                                          "(>= 0, as in R's lm(weights=) and statsmodels' WLS): weighted least "
                                          "squares for every trainer, weighted metrics.")
-    l2: float = Field(0.0, ge=0, description="Ridge: minimize the (weighted) mean squared error plus l2 times the "
-                      "sum of squared coefficients of the standardized features (intercept unpenalized).")
+    l2: Union[float, list[float]] = Field(0.0, description="Ridge: minimize the (weighted) mean squared error plus l2 "
+                                          "times the sum of squared coefficients of the standardized features "
+                                          "(intercept unpenalized). With --cv-folds, a list (0,0.01,0.1,1): each "
+                                          "value is cross-validated and the best one fits the model.",
+                                          json_schema_extra=_cli(metavar="ALPHA[,ALPHA...]"))
+    cv_folds: Optional[int] = Field(None, ge=2, description="Cross-validate over this many folds of the training "
+                                    "regions (seeded, balanced by rows), from the exact trainer's one pass: the "
+                                    "cv dataset, out-of-fold predictions, and the --l2 value with the lowest "
+                                    "cross-validated MSE (docs/cross-validation.md).")
     rcond: float = Field(1e-13, gt=0, lt=1, description="A design whose standardized condition number exceeds "
                          "1/rcond is singular (see --singular).")
     singular: Literal["error", "min_norm"] = Field("error", description="On a singular design (collinear, "
@@ -198,6 +206,32 @@ class TrainConfig(BaseModel):
     def _run_id_text(cls, run_id: str | None) -> str | None:
         return check_run_id(run_id)
 
+    @field_validator("l2")
+    @classmethod
+    def _l2_values(cls, l2: float | list[float]) -> float | list[float]:
+        values = list(l2) if isinstance(l2, list) else [l2]
+        if not values:
+            raise ValueError("needs at least one value")
+        if any(not (v >= 0 and v < float("inf")) for v in values):
+            raise ValueError(f"values must be finite and >= 0, got {values}")
+        if len(set(values)) != len(values):
+            raise ValueError(f"values repeat: {values}")
+        return float(values[0]) if len(values) == 1 else [float(v) for v in values]
+
+    @property
+    def l2_values(self) -> list[float]:
+        """The --l2 values: one, or the list cross-validation chooses from."""
+        return list(self.l2) if isinstance(self.l2, list) else [self.l2]
+
+    @model_validator(mode="after")
+    def _cross_validation(self) -> "TrainConfig":
+        if isinstance(self.l2, list) and self.cv_folds is None:
+            raise ValueError("--l2 with several values needs --cv-folds (each value is scored by cross-validation)")
+        if self.cv_folds is not None and self.trainer != "exact":
+            raise ValueError(f"--cv-folds needs --trainer exact: its one pass accumulates a factor per fold; the "
+                             f"{self.trainer} trainer would train once per fold and value")
+        return self
+
     @property
     def launches_ranks(self) -> bool:
         """Whether this run launches its ranks with torchrun (`launches_ranks`)."""
@@ -249,9 +283,10 @@ def parse_bytes(text: str) -> int:
 
 
 def _inner_type(annotation):
-    """(item type, is_list) of a field annotation such as Optional[list[str]]."""
+    """(item type, is_list) of a field annotation such as Optional[list[str]] (or float | list[float]: a list)."""
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+        options = [a for a in typing.get_args(annotation) if a is not type(None)]
+        annotation = next((a for a in options if typing.get_origin(a) is list), options[0])
     if typing.get_origin(annotation) is list:
         return typing.get_args(annotation)[0], True
     return annotation, False

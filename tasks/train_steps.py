@@ -89,7 +89,8 @@ def write_report(plan: steps.RunPlan, fit: FitResult, evaluation: steps.Evaluati
     """Draw the committed run: loss per epoch, predicted vs actual on the holdout, MSE per region."""
     started = time.perf_counter()
     paths = report.write_report(plan.config.output, plan.run_id, trainer=plan.config.trainer,
-                                metrics=evaluation.metrics, picture=evaluation.picture, losses=fit.losses)
+                                metrics=evaluation.metrics, picture=evaluation.picture, losses=fit.losses,
+                                cv=fit.cv)
     log_step(plan.run_id, "report", started, f"{len(fit.losses)} epoch losses drawn -> {paths.png}")
     return paths
 

@@ -13,19 +13,24 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from linreg.errors import InputError, format_examples
+from linreg.inputs.folds import Folds
 
 
 @dataclass(frozen=True)
 class Split:
-    """Which rows are holdout: those whose region is in `holdout_regions`, or whose time column >= `from_year`."""
+    """Which rows are holdout: those whose region is in `holdout_regions`, or whose time column >= `from_year`;
+    with `folds` (--cv-folds), the cross-validation fold of each training region."""
 
     region_column: str
     holdout_regions: tuple = ()
     time_column: str | None = None
     from_year: int | None = None
+    folds: Folds | None = None
 
     def columns(self, index_column: str | None = None) -> list[str]:
-        """The columns `holdout_mask` reads (with a region lookup: the region index column)."""
+        """The columns `holdout_mask` (and the folds' lookup) reads (with a region lookup: the region index column)."""
+        if self.folds is not None and index_column:
+            return ([self.time_column] if self.from_year is not None else []) + [index_column]
         if self.from_year is not None:
             return [self.time_column]
         if not self.holdout_regions:
@@ -57,9 +62,10 @@ class Split:
         return mask.to_numpy(zero_copy_only=False)
 
     def describe(self) -> str:
+        folds = f"; {self.folds.k} cross-validation folds of {len(self.folds.regions)} region(s)" if self.folds else ""
         if self.from_year is not None:
-            return f"holdout: rows with {self.time_column} >= {self.from_year}"
-        return f"holdout: {len(self.holdout_regions)} region(s) {format_examples(self.holdout_regions)}"
+            return f"holdout: rows with {self.time_column} >= {self.from_year}{folds}"
+        return f"holdout: {len(self.holdout_regions)} region(s) {format_examples(self.holdout_regions)}{folds}"
 
 
 def choose_split(regions: list, *, region_column: str, holdout_regions: list | None = None,

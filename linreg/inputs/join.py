@@ -310,7 +310,8 @@ def check_key_values(con: duckdb.DuckDBPyConnection, table: Table, view: str, ke
 
 def region_index(weather_regions: pa.Table, yields_regions: pa.Table) -> tuple[pa.Table, np.ndarray]:
     """The regions in both tables (`check_key_values`' tables), sorted, numbered 0.. (`region`,
-    REGION_INDEX int32), and each one's rows in both tables together (int64, for sizing buckets): every
+    REGION_INDEX int32; `n_rows`, for balancing folds), and each one's rows in both tables together (int64, for
+    sizing buckets): every
     joined row carries its region's number, so later passes select holdout regions and sum per-region
     errors by array lookups instead of hashing region names again."""
     left = weather_regions.column("region")
@@ -320,7 +321,8 @@ def region_index(weather_regions: pa.Table, yields_regions: pa.Table) -> tuple[p
     kept = kept.take(pc.sort_indices(kept.column("region")))
     other = pc.index_in(kept.column("region"), value_set=right.combine_chunks())
     rows = kept.column("n_rows").to_numpy() + yields_regions.column("n_rows").to_numpy()[other.to_numpy()]
-    table = pa.table({"region": kept.column("region"), REGION_INDEX: pa.array(np.arange(kept.num_rows, dtype=np.int32))})
+    table = pa.table({"region": kept.column("region"), REGION_INDEX: pa.array(np.arange(kept.num_rows, dtype=np.int32)),
+                      "n_rows": pa.array(rows.astype(np.int64))})
     return table, rows.astype(np.int64)
 
 
@@ -360,7 +362,8 @@ def _bad_value_error(weather: Table, yields: Table, columns: Columns, weight_col
         used = {n: spec.named.get(n) for n in column_names(tree)}
         parts = [f"{n}={canonical(t)}" if t is not None else n for n, t in used.items()]
         first = bad.slice(0, 1).select(columns.keys).to_pylist()[0]
-        where = "" if spec.aggregating else f" (file(s) {format_examples(_files_holding(weather, columns.keys, first), 3)})"
+        files = [] if spec.aggregating else _files_holding(weather, columns.keys, first)
+        where = f" (file(s) {format_examples(files, 3)})" if files else ""
         return InputError(
             f"Feature {name!r} (from {', '.join(parts)}) is not a finite number in the rows with keys {examples} of "
             f"the {weather.describe()}{where}, though every input value there is finite: a value is outside the "

@@ -15,8 +15,10 @@ from linreg.features.spec import Features, check_names, parse_features
 from linreg.inputs.tables import Table
 
 # 2: totals have null region and target (were 'all'); the runs entry has no run_id column (its folder names it)
-SCHEMA_VERSION = "2"
-RESERVED_WORDS = ("intercept", "split", "run_id", "model_run_id", "score_run_id")
+# 3: cross-validated runs add the cv dataset, and fold and <target>_cv_pred to their predictions (additions only:
+#    a version 2 root takes version 3 runs without a migration, linreg.outputs.migrate)
+SCHEMA_VERSION = "3"
+RESERVED_WORDS = ("intercept", "split", "fold", "run_id", "model_run_id", "score_run_id")
 SPLITS = ("train", "holdout")
 
 
@@ -118,13 +120,15 @@ def _is_numeric(kind: pa.DataType) -> bool:
 
 
 def _check_names(columns: Columns) -> None:
-    taken = set(RESERVED_WORDS) | set(columns.keys) | set(columns.predictions)
+    taken = set(RESERVED_WORDS) | set(columns.keys) | set(columns.predictions) \
+        | {cv_pred_column(t) for t in columns.targets}
     for role, names in (("feature", columns.features), ("target", columns.targets)):
         # a key other than the region may be a feature (a trend: `year`): the joined rows' key column is it
         clash = [n for n in names if n in taken and not (role == "feature" and n in columns.keys[1:])]
         if clash:
             raise InputError(f"The {role} name(s) {format_examples(clash)} would collide with the output columns "
-                             f"or words ({', '.join(RESERVED_WORDS)}, the key columns, '<target>_pred'). "
+                             f"or words ({', '.join(RESERVED_WORDS)}, the key columns, '<target>_pred', "
+                             "'<target>_cv_pred'). "
                              "Rename the column(s) in the input.")
     if len(set(columns.keys)) != len(columns.keys):
         raise InputError(f"The key columns repeat: {columns.keys}.")
@@ -180,7 +184,8 @@ def check_weight_column(yields: Table, column: str, columns: Columns) -> None:
     """--weight-column: present in every file of the yields table, numeric, and not an output column name."""
     if column in RESERVED_WORDS or column in columns.predictions:
         raise InputError(f"The weight column {column!r} would collide with the output columns or words "
-                         f"({', '.join(RESERVED_WORDS)}, '<target>_pred'). Rename the column in the input.")
+                         f"({', '.join(RESERVED_WORDS)}, '<target>_pred', '<target>_cv_pred'). Rename the column in "
+                         "the input.")
     _check_present(yields, [column])
     _check_not_null_typed(yields, [column])
     _check_numeric(yields, column)
@@ -204,10 +209,35 @@ def runs_schema() -> pa.Schema:
                      + [("started_at", pa.timestamp("us", tz="UTC")), ("finished_at", pa.timestamp("us", tz="UTC"))])
 
 
-def predictions_schema(key_fields: list[pa.Field], targets: list[str], weight_column: str | None = None) -> pa.Schema:
+FOLD = "fold"  # the predictions' column of a cross-validated run: the fold of a training row (null: holdout)
+
+
+def cv_pred_column(target: str) -> str:
+    """The out-of-fold prediction of `target` in a cross-validated run's predictions."""
+    return f"{target}_cv_pred"
+
+
+def predictions_schema(key_fields: list[pa.Field], targets: list[str], weight_column: str | None = None,
+                       cv: bool = False) -> pa.Schema:
+    """One row per joined row: the keys, `split`, per target the actual value and `<target>_pred` (float64);
+    with the weight column, its value. cv (a cross-validated run): `fold` (int64, null for holdout rows) after
+    `split`, and `<target>_cv_pred` (float64: the prediction of the model fitted without the row's fold, at the
+    chosen l2; null for holdout rows) after each `<target>_pred`."""
     fields = list(key_fields) + [pa.field("split", pa.string())]
+    if cv:
+        fields.append(pa.field(FOLD, pa.int64()))
     for target in targets:
         fields += [pa.field(target, pa.float64()), pa.field(pred_column(target), pa.float64())]
+        if cv:
+            fields.append(pa.field(cv_pred_column(target), pa.float64()))
     if weight_column:
         fields.append(pa.field(weight_column, pa.float64()))  # the sample weight of the row
     return pa.schema(fields)
+
+
+def cv_schema() -> pa.Schema:
+    """A cross-validated run's scores, one row per l2 value, fold (null: pooled over all folds) and target
+    (null: the mean over targets): `mse` (weighted runs: sum w r^2 / sum w) of the fold's rows predicted by the
+    model fitted without them, and the `rows` it is taken over."""
+    return pa.schema([("l2", pa.float64()), (FOLD, pa.int64()), ("target", pa.string()), ("mse", pa.float64()),
+                      ("rows", pa.int64())])

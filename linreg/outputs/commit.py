@@ -2,7 +2,8 @@
 
 Layout under the output root (a local path or any URI pyarrow understands, e.g. s3://bucket/prefix):
 
-    <root>/<dataset>/run_id=<id>/part-0.parquet     weights, metrics, predictions, runs (the index)
+    <root>/<dataset>/run_id=<id>/part-0.parquet     weights, metrics, predictions, cv (cross-validated runs only),
+                                                     runs (the index)
     <root>/_staging/<id>.<token>/                    a run's files until it commits (never inside a dataset)
 
 Protocol (the same in spirit on both kinds of storage; docs/commit-protocol.md has every fsync and why):
@@ -12,7 +13,9 @@ Protocol (the same in spirit on both kinds of storage; docs/commit-protocol.md h
    run are uploaded into the staging area. Then a journal `_COMMIT` is written there, whole or not at all
    (locally `durable.write_atomic`: a temporary name, fsync, rename, fsync of the folder): from this
    point the commit is decided and will be rolled forward.
-3. Each dataset's partition is moved into place, the runs index last. Locally the `run_id=<id>`
+3. Each dataset's partition is moved into place, the runs index last; a rerun's old runs-index entry is
+   withdrawn first, and so is its old partition of a dataset the new run does not write (`cv`, when a
+   cross-validated run is replaced by one that is not). Locally the `run_id=<id>`
    directory is renamed (an existing one is first renamed away into `replaced-<dataset>`), and the
    destination folder is fsynced after each rename (`durable.rename`): a reader globbing the dataset sees the
    partition whole or not at all, and so does a restart after a power loss. On object storage each
@@ -56,7 +59,9 @@ from linreg.outputs import durable, locks
 
 log = logging.getLogger(__name__)
 
-DATASETS = ("weights", "metrics", "predictions", "runs")  # commit order: the runs index last
+DATASETS = ("weights", "metrics", "predictions", "runs")  # a training run's in commit order: the runs index last
+CV = "cv"  # a cross-validated run's scores per l2, fold and target (linreg.inputs.schema.cv_schema)
+DATASETS_WITH_CV = ("weights", "metrics", "predictions", CV, "runs")  # a cross-validated run's, in commit order
 REPORTS = "reports"  # each run's report (linreg.pipeline.report), beside the datasets; removed with the run
 PART_FILE = "part-0.parquet"
 STAGING = "_staging"
@@ -221,15 +226,21 @@ def before_file_operation() -> None:
 
 
 def roll_forward(filesystem: pafs.FileSystem, root: str, name: str, journal: dict, is_local: bool) -> None:
-    """Finish a decided commit (idempotent): withdraw the run's old runs-index entry, move each staged
+    """Finish a decided commit (idempotent): withdraw the run's old runs-index entry and its old partitions of
+    the training datasets this commit does not write (`cv` of a replaced cross-validated run), move each staged
     partition into its dataset, the new runs-index entry last, then remove the staging area."""
     area = f"{root}/{STAGING}/{name}"
     run_id = journal["run_id"]
     datasets = list(journal["datasets"])
     key = journal.get("key", "run_id")
     if "runs" in datasets and file_type(filesystem, f"{area}/runs/run_id={run_id}") == pafs.FileType.Directory:
-        # While datasets are swapped, a replaced run must not look committed.
+        # While datasets are swapped, a replaced run must not look committed. (Only while the new entry is
+        # staged: once it moved in, this commit's withdrawals are done, and a later commit's are its own.)
         _remove_partition(filesystem, partition(root, "runs", run_id), f"{area}/replaced-runs", is_local)
+        for dataset in DATASETS_WITH_CV:
+            if dataset not in datasets:  # the replaced run's cv must not show beside a run without one
+                _remove_partition(filesystem, partition(root, dataset, run_id, key), f"{area}/replaced-{dataset}",
+                                  is_local)
     for dataset in datasets:
         staged, final = f"{area}/{dataset}/{key}={run_id}", partition(root, dataset, run_id, key)
         if file_type(filesystem, staged) != pafs.FileType.Directory:
@@ -388,7 +399,7 @@ def _staged_datasets(filesystem: pafs.FileSystem, area: str) -> list[str]:
     for info in filesystem.get_file_info(pafs.FileSelector(area, allow_not_found=True)):
         if info.type == pafs.FileType.Directory:
             names.add(info.base_name.removeprefix("replaced-"))
-    return sorted(names, key=lambda d: (d == "runs", DATASETS.index(d) if d in DATASETS else -1, d))
+    return sorted(names, key=lambda d: (d == "runs", DATASETS_WITH_CV.index(d) if d in DATASETS_WITH_CV else -1, d))
 
 
 def _moves_begun(filesystem: pafs.FileSystem, area: str, run_id: str, key: str, datasets: list[str]) -> bool:

@@ -3,24 +3,32 @@
     python -m flows.migrate --output output --dry-run     # list the runs to migrate
     python -m flows.migrate --output output               # rewrite them in place
 
-Schema version 2 (`linreg.inputs.schema.SCHEMA_VERSION`) changed two things of version 1:
-- `metrics`: the totals have region null and target null (version 1 wrote 'all', which a region named
-  'all' could not be told apart from);
-- `runs`: the entry has no `run_id` column (version 1 had it in the file and in the hive folder
-  `run_id=<id>`, which pandas and Spark cannot read as one dataset).
-`weights`, `predictions` and `scores` are the same in both; they are not rewritten and keep their
-`linreg.schema_version` metadata of 1.
+The schema versions (`linreg.inputs.schema.SCHEMA_VERSION`, recorded as `linreg.schema_version` in every file):
+- 1: the first layout.
+- 2 changed two things of version 1, which a migration rewrites:
+  - `metrics`: the totals have region null and target null (version 1 wrote 'all', which a region named
+    'all' could not be told apart from);
+  - `runs`: the entry has no `run_id` column (version 1 had it in the file and in the hive folder
+    `run_id=<id>`, which pandas and Spark cannot read as one dataset).
+  `weights`, `predictions` and `scores` are the same in both; they are not rewritten and keep their
+  `linreg.schema_version` metadata of 1.
+- 3 only adds, for cross-validated runs: the `cv` dataset, and `fold` and `<target>_cv_pred` in their
+  predictions. Every file of version 2 is a file of version 3 as it is, so versions 2 and 3 are compatible
+  (`COMPATIBLE_SINCE`): a root of version 2 runs takes version 3 runs without a migration, and nothing of
+  version 2 is rewritten.
 
-A training or scoring run into a root that holds runs of another version stops before doing anything
-(`check_schema_version`, InputError, exit code 2): mixed in one dataset, the two layouts would break
-every reader. The check reads only the footers of the runs entries (one small file per run), and not even
-those when `commit.recover` has just read the entries whole (`recover_and_check`: a run's first step).
+A training or scoring run into a root that holds runs of an incompatible version (1, or newer than this
+one) stops before doing anything (`check_schema_version`, InputError, exit code 2): mixed in one dataset,
+the two layouts would break every reader. The check reads only the footers of the runs entries (one small
+file per run), and not even those when `commit.recover` has just read the entries whole
+(`recover_and_check`: a run's first step).
 
 `migrate` rewrites each run of version 1, under its run id's commit lock: its metrics file, then its runs
-entry last (the entry's version is what the check reads, so a run is migrated once its entry is). Each
-file is replaced whole: locally by `durable.replace` (a temporary file in the same folder, fsynced, renamed
-over the old one, the folder fsynced: as the commit's journal); on object storage written as one object. A file already at version 2 is
-left alone, so a migration interrupted at any point is finished by running it again.
+entry last (the entry's version is what the check reads, so a run is migrated once its entry is), each
+with the current version in its metadata. Each file is replaced whole: locally by `durable.replace` (a
+temporary file in the same folder, fsynced, renamed over the old one, the folder fsynced: as the commit's
+journal); on object storage written as one object. A file already at a compatible version is left alone,
+so a migration interrupted at any point is finished by running it again.
 
 Version 1 metrics of a region literally named 'all': its rows and the totals share region 'all'. The
 writer always wrote the totals first and the per-region rows after them, so the first row of each
@@ -47,6 +55,7 @@ log = logging.getLogger(__name__)
 
 VERSION_KEY = b"linreg.schema_version"
 MIGRATED_KEY = b"linreg.migrated_from"  # the schema version a rewritten file had before
+COMPATIBLE_SINCE = "2"  # runs of this version up to SCHEMA_VERSION sit together: later versions only added
 OLD_TOTAL = "all"  # version 1's word for "over all regions" and "over all targets"
 BATCH_ROWS = 1 << 16  # metrics rows rewritten at a time: memory stays bounded for millions of regions
 
@@ -96,11 +105,12 @@ def recover_and_check(output: str) -> list[str]:
 
 
 def check_schema_version(output: str, entries: dict[str, pa.Schema] | None = None) -> None:
-    """Refuse (InputError, exit 2) an output root that holds runs written with another schema version.
+    """Refuse (InputError, exit 2) an output root that holds runs written with a schema version this one
+    cannot write beside: older than COMPATIBLE_SINCE (migrate them), or newer than SCHEMA_VERSION.
     `entries`: run id -> schema of runs entries already read (`run_versions`)."""
     versions = run_versions(output, entries)
     older = sorted(r for r, v in versions.items() if _older(v))
-    newer = sorted(r for r, v in versions.items() if v != SCHEMA_VERSION and not _older(v))
+    newer = sorted(r for r, v in versions.items() if _newer(v))
     if newer:
         raise InputError(f"The output {output!r} holds run(s) {format_examples(newer)} written by a newer version "
                          f"of this project (schema version {versions[newer[0]]}; this one writes "
@@ -121,18 +131,19 @@ class Migration:
 
     runs: list[str] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
-    current: int = 0  # runs already at this schema version
+    current: int = 0  # runs already at a compatible schema version (COMPATIBLE_SINCE to SCHEMA_VERSION)
 
     def text(self, *, dry_run: bool) -> str:
         verb = "would migrate" if dry_run else "migrated"
-        lines = [f"{verb} {len(self.runs)} run(s) to schema version {SCHEMA_VERSION}; "
-                 f"{self.current} run(s) already at version {SCHEMA_VERSION}"]
+        lines = [f"{verb} {len(self.runs)} run(s) to schema version {SCHEMA_VERSION}; {self.current} run(s) "
+                 f"already at version {_span()} (nothing to rewrite)"]
         lines += [f"  {'would rewrite' if dry_run else 'rewrote'}: {path}" for path in self.files]
         return "\n".join(lines)
 
 
 def migrate(output: str, *, dry_run: bool = False) -> Migration:
-    """Rewrite every run of schema version 1 of `output` to the current version (idempotent)."""
+    """Rewrite every run of schema version 1 of `output` to the current version (idempotent); runs of a
+    compatible version are left as they are."""
     filesystem, root, is_local = commit.resolve(output)
     if commit.file_type(filesystem, root) != pafs.FileType.Directory:
         raise InputError(f"The output {output!r} does not exist (or is not a directory): nothing to migrate.")
@@ -140,12 +151,12 @@ def migrate(output: str, *, dry_run: bool = False) -> Migration:
     if not dry_run:  # interrupted commits (of either version) are finished first, then migrated
         commit.recover(output, entries=entries)
     versions = run_versions(output, entries)
-    newer = sorted(r for r, v in versions.items() if v != SCHEMA_VERSION and not _older(v))
+    newer = sorted(r for r, v in versions.items() if _newer(v))
     if newer:
         raise InputError(f"The output {output!r} holds run(s) {format_examples(newer)} of schema version "
                          f"{versions[newer[0]]}, newer than this version's {SCHEMA_VERSION}: nothing to migrate "
                          "with this version of the project.")
-    done = Migration(current=sum(v == SCHEMA_VERSION for v in versions.values()))
+    done = Migration(current=sum(_compatible(v) for v in versions.values()))
     for run_id in sorted(r for r, v in versions.items() if _older(v)):
         files = [commit.part_path(root, d, run_id) for d in ("metrics", "runs")]  # the runs entry last
         if dry_run:
@@ -230,4 +241,19 @@ def _rewrite(filesystem: pafs.FileSystem, path: str, change, is_local: bool) -> 
 
 def _older(version: str) -> bool:
     """An older version this one migrates (anything unknown is left alone: refused, never rewritten)."""
-    return version.isdigit() and int(version) < int(SCHEMA_VERSION)
+    return version.isdigit() and int(version) < int(COMPATIBLE_SINCE)
+
+
+def _compatible(version: str) -> bool:
+    """A version whose files are files of this one as they are (later versions only added): no rewrite."""
+    return version.isdigit() and int(COMPATIBLE_SINCE) <= int(version) <= int(SCHEMA_VERSION)
+
+
+def _newer(version: str) -> bool:
+    """A version this one can neither write beside nor migrate: newer, or not a version number."""
+    return not (_older(version) or _compatible(version))
+
+
+def _span() -> str:
+    """The compatible versions, as text: "2 to 3" (or "2" while they are one)."""
+    return SCHEMA_VERSION if COMPATIBLE_SINCE == SCHEMA_VERSION else f"{COMPATIBLE_SINCE} to {SCHEMA_VERSION}"

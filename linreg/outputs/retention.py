@@ -7,9 +7,9 @@ runs-index entry (an interrupted prune, a run that died mid-commit) are removed 
 
 Order, per run: its runs-index entry first (from then on no reader treats it as committed) and, on local
 disk, the runs folder fsynced (so that no power loss can bring the entry back once its data is going),
-then its weights, metrics, predictions and report. An interrupted prune therefore leaves only partitions
-without an index entry, which the next prune removes. Scores (`scores/score_run_id=...`) are results of
-their own and are kept.
+then its weights, metrics, predictions, cv (a cross-validated run's) and report. An interrupted prune
+therefore leaves only partitions without an index entry, which the next prune removes. Scores
+(`scores/score_run_id=...`) are results of their own and are kept.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from linreg.outputs import commit, durable, runindex
 
 log = logging.getLogger(__name__)
 
-DATA = tuple(d for d in commit.DATASETS if d != "runs") + (commit.REPORTS,)
+DATA = tuple(d for d in commit.DATASETS_WITH_CV if d != "runs") + (commit.REPORTS,)  # cv: a cross-validated run's
 
 
 @dataclass

@@ -27,6 +27,6 @@ def run(config: TrainConfig) -> steps.RunSummary:
     def draw(plan: steps.RunPlan, fit, evaluation: steps.Evaluation) -> None:
         with_retries(lambda: report.write_report(config.output, plan.run_id, trainer=config.trainer,
                                                  metrics=evaluation.metrics, picture=evaluation.picture,
-                                                 losses=fit.losses), "report")
+                                                 losses=fit.losses, cv=fit.cv), "report")
 
     return steps.run(config, attempt=with_retries, then=draw)

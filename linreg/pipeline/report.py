@@ -76,7 +76,7 @@ def warm_up() -> threading.Thread:
 
 
 def _figure(run_id: str, trainer: str, losses: list[float], table: list[dict], picture: Picture,
-            targets: list[str]) -> bytes:
+            targets: list[str], cv=None) -> bytes:
     # here, not at the top: importing the flow costs nothing until a picture is drawn; the figure and its Agg
     # canvas without pyplot (no display on workers, no global state), laid out by hand (a layout engine
     # costs a second more per picture)
@@ -103,6 +103,8 @@ def _figure(run_id: str, trainer: str, losses: list[float], table: list[dict], p
         ax.set_ylabel("training loss (standardized MSE)")
         ax.set_title(f"Loss per epoch: {len(losses)} epochs, final {losses[-1]:.4g}")
         ax.grid(True, which="both", alpha=0.3)
+    elif cv is not None:
+        _cv_curve(ax, cv)
     else:
         ax.axis("off")
         lines = [f"{trainer}: exact least squares, no epochs", ""]
@@ -147,6 +149,23 @@ def _figure(run_id: str, trainer: str, losses: list[float], table: list[dict], p
     return buffer.getvalue()
 
 
+def _cv_curve(ax, cv) -> None:
+    """The cross-validated MSE (pooled over folds, mean over targets) against l2 on a symmetric-log axis (so
+    that l2 = 0 shows), the chosen value marked (`linreg.models.crossval.CrossValidation`)."""
+    l2s, scores = np.asarray(cv.l2s, dtype=float), np.asarray(cv.score(), dtype=float)
+    order = np.argsort(l2s)
+    ax.plot(l2s[order], scores[order], marker="o", color="tab:blue", linewidth=1.8)
+    ax.plot([cv.chosen_l2], [scores[cv.chosen]], marker="*", markersize=16, color="tab:red", linestyle="none",
+            label=f"chosen l2 = {cv.chosen_l2:g}")
+    positive = l2s[l2s > 0]
+    ax.set_xscale("symlog", linthresh=float(positive.min()) if positive.size else 1.0)
+    ax.set_xlabel("l2 (symmetric log scale)")
+    ax.set_ylabel("cross-validated MSE (mean over targets)")
+    ax.set_title(f"{cv.coef.shape[0]}-fold cross-validation by region")
+    ax.legend(loc="best", fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+
+
 def _html(run_id: str, trainer: str, table: list[dict], png_name: str, region_mse: list[tuple[str, float]]) -> str:
     def num(v):
         return "" if v is None else f"{v:.6g}"
@@ -180,13 +199,14 @@ def _put(filesystem, path: str, data: bytes) -> None:
 
 
 def write_report(output: str, run_id: str, *, trainer: str, metrics: list[dict], picture: Picture,
-                 losses: list[float] | None = None) -> ReportPaths:
+                 losses: list[float] | None = None, cv=None) -> ReportPaths:
     """Draw the committed run `run_id` of `output` into reports/run_id=<id>/report.png and report.html, from
-    its metric rows over all regions (`Evaluation.metrics`), its `picture` and the loss per epoch."""
+    its metric rows over all regions (`Evaluation.metrics`), its `picture`, the loss per epoch and, for a
+    cross-validated run, `cv` (`linreg.models.crossval.CrossValidation`: MSE against l2)."""
     filesystem, root, is_local = commit.resolve(output)
     table = metric_table(metrics)
     targets = [e["target"] for e in table if e["split"] == "train" and e["target"] is not None]
-    png = _figure(run_id, trainer, list(losses or []), table, picture, targets)
+    png = _figure(run_id, trainer, list(losses or []), table, picture, targets, cv)
     directory = f"{root}/{REPORTS}/run_id={run_id}"
     filesystem.create_dir(directory, recursive=True)
     _put(filesystem, f"{directory}/report.png", png)

@@ -44,15 +44,20 @@ def find_unchanged_run(config: TrainConfig) -> dict | None:
     wanted = comparable(config.model_dump(mode="json"))
     for row in reversed(runindex.read_runs(config.output)):
         if row["input_fingerprint"] == digest and comparable(json.loads(row["config"])) == wanted \
-                and _complete(config.output, row["run_id"]):
+                and _complete(config.output, row["run_id"], _datasets(json.loads(row["config"]))):
             return row
     return None
 
 
-def _complete(output: str, run_id: str) -> bool:
+def _datasets(config: dict) -> tuple:
+    """The datasets a committed run with configuration `config` wrote: `cv` too when it cross-validated."""
+    return commit.DATASETS_WITH_CV if config.get("cv_folds") else commit.DATASETS
+
+
+def _complete(output: str, run_id: str, datasets: tuple = commit.DATASETS) -> bool:
     filesystem, root, _ = commit.resolve(output)
     return all(filesystem.get_file_info(f"{commit.partition(root, d, run_id)}/{commit.PART_FILE}").type
-               == pafs.FileType.File for d in commit.DATASETS)
+               == pafs.FileType.File for d in datasets)
 
 
 def committed_summary(output: str, row: dict) -> RunSummary:
@@ -71,7 +76,8 @@ def committed_summary(output: str, row: dict) -> RunSummary:
     for w in weight_rows:
         weights.setdefault(w["target"], {})[w["term"]] = w["weight"]
     return RunSummary(run_id=run_id, trainer=row["trainer"],
-                      output={d: commit.location(output, commit.partition(root, d, run_id), is_local) for d in commit.DATASETS},
+                      output={d: commit.location(output, commit.partition(root, d, run_id), is_local)
+                              for d in _datasets(json.loads(row["config"]))},
                       joined=JoinResult(path="", weather_rows=row["weather_rows"], yields_rows=row["yields_rows"],
                                         joined_rows=row["joined_rows"]),
                       rows={"train": row["train_rows"], "holdout": row["holdout_rows"]}, regions=regions, mse=mse,

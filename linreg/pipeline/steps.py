@@ -43,7 +43,7 @@ from linreg.outputs import commit, destination
 from linreg.outputs.migrate import recover_and_check
 from linreg.parallel import dist, merge
 from linreg.parallel.dist import Cluster
-from linreg.pipeline import blas, metrics
+from linreg.pipeline import blas, cv as crossval, metrics
 from linreg.pipeline.picture import HoldoutSample, Picture, worst_regions
 from linreg.pipeline.background import BackgroundWriter, read_ahead
 from linreg.pipeline.progress import Progress
@@ -100,7 +100,8 @@ def plan_run(config: TrainConfig) -> RunPlan:
         raise InputError(f"--holdout-from-year needs the time column {config.time_column!r} among the keys "
                          f"({', '.join(columns.keys)}).")
     run_id = decide_run_id(config.run_id)
-    staging = commit.Staging.create(config.output, run_id)
+    staging = commit.Staging.create(config.output, run_id,
+                                    datasets=commit.DATASETS_WITH_CV if config.cv_folds else commit.DATASETS)
     plan = RunPlan(config=config, run_id=run_id, columns=columns,
                    key_fields=[weather.schema.field(k) for k in columns.keys],
                    fingerprint=fingerprint([weather, yields]), work_dir=tempfile.mkdtemp(prefix=f"linreg-{run_id}-"),
@@ -182,6 +183,8 @@ def split_rows(plan: RunPlan, joined: JoinResult, cluster: Cluster | None = None
     split = choose_split(regions, region_column=region, holdout_regions=config.holdout_regions,
                          holdout_fraction=config.holdout_fraction, seed=config.seed,
                          time_column=config.time_column, from_year=config.holdout_from_year)
+    if config.cv_folds:
+        split = crossval.with_folds(split, joined.regions_path, config.cv_folds, config.seed, cluster)
     log.info("%d region(s); %s", len(regions), split.describe())
     return split
 
@@ -192,7 +195,9 @@ def fit_model(plan: RunPlan, joined: JoinResult, split: Split, cluster: Cluster 
     over the ranks of `cluster`; None: `fit`'s one process, on the configured device; `checkpoint`:
     `linreg.outputs.snapshot.Snapshots` for the gradient trainers)."""
     config, columns = plan.config, plan.columns
-    lookup = split.lookup(read_regions(joined))
+    regions = read_regions(joined)
+    lookup = split.lookup(regions)
+    folds = split.folds.lookup(regions) if split.folds else None
 
     def train_batches():
         progress = Progress("fit pass", joined.joined_rows, log)
@@ -205,8 +210,12 @@ def fit_model(plan: RunPlan, joined: JoinResult, split: Split, cluster: Cluster 
             train = ~split.holdout_mask(batch, lookup, REGION_INDEX)
             if not train.all():  # one Arrow filter of the batch (no copy when no row of it is held out)
                 batch = batch.filter(pa.array(train, type=pa.bool_()))
-            yield (matrix(batch, columns.features), matrix(batch, columns.targets),
-                   *([matrix(batch, weight, np.float64)[:, 0]] if weight else []))
+            X, Y = matrix(batch, columns.features), matrix(batch, columns.targets)
+            w = matrix(batch, weight, np.float64)[:, 0] if weight else None
+            if folds is not None:  # cross-validation: (X, Y, w or None, fold)
+                yield X, Y, w, split.folds.of_rows(batch, folds, REGION_INDEX)
+            else:
+                yield (X, Y) if w is None else (X, Y, w)
 
     def stream(shift, scale, n_rows, mean_weight) -> StreamedRows:
         log.info("the %d training rows exceed half the memory budget (%s): streaming them from %s every epoch",
@@ -220,7 +229,12 @@ def fit_model(plan: RunPlan, joined: JoinResult, split: Split, cluster: Cluster 
     with blas.one_thread():
         result = fit(lambda: read_ahead(train_batches()), trainer=config.trainer, features=columns.features,
                      targets=columns.targets, options=TrainOptions.from_config(config), cluster=cluster,
-                     checkpoint=checkpoint, stream=stream, memory_limit=config.memory_budget_bytes() // 2)
+                     checkpoint=checkpoint, stream=stream, memory_limit=config.memory_budget_bytes() // 2,
+                     cv_folds=config.cv_folds, l2s=config.l2_values if config.cv_folds else None)
+    if result.cv is not None:
+        log.info("cross-validated MSE over %d folds: %s; chosen l2 %g", config.cv_folds,
+                 ", ".join(f"l2 {l2:g}: {score:.6g}" for l2, score in zip(result.cv.l2s, result.cv.score())),
+                 result.cv.chosen_l2)
     if result.epochs:
         log.info("%s trainer: %d epoch(s), lr %.3g, %s; %.2f s", config.trainer, result.epochs, result.lr,
                  result.stop_reason, result.seconds)
@@ -258,9 +272,11 @@ def evaluate_model(plan: RunPlan, joined: JoinResult, split: Split, fit: FitResu
     cluster = cluster or dist.single_process()
     targets = plan.columns.targets
     regions = read_regions(joined)
-    errors, by_region, sample = write_predictions(plan, joined, split, fit.model, regions, cluster)
+    errors, by_region, sample = write_predictions(plan, joined, split, fit, regions, cluster)
     errors = merge.merge_split_errors(cluster, errors)
     rows = metrics.metric_rows(errors, targets, optimum_rss=fit.exact.rss, stats=fit.stats)
+    if fit.cv is not None:  # the l2 cross-validation chose
+        rows.append({"split": "train", "region": None, "target": None, "metric": "l2", "value": fit.cv.chosen_l2})
     counts, region_batches = metrics.region_metric_batches(cluster, by_region, regions, targets)
     picture = Picture(worst=worst_regions(cluster, by_region.holdout_mse(), regions),
                       holdout_regions=counts.get("holdout", 0),
@@ -269,25 +285,29 @@ def evaluate_model(plan: RunPlan, joined: JoinResult, split: Split, fit: FitResu
                             region_rows=sum(counts.values()) * (len(targets) + 1), picture=picture)
     if cluster.is_main:
         write_metrics(plan, fit, rows, region_batches)
+        if fit.cv is not None:
+            crossval.write_cv(plan.staging, fit.cv, targets, plan.metadata())
     return evaluation
 
 
-def write_predictions(plan: RunPlan, joined: JoinResult, split: Split, model, regions: pa.ChunkedArray,
+def write_predictions(plan: RunPlan, joined: JoinResult, split: Split, fit: FitResult, regions: pa.ChunkedArray,
                       cluster: Cluster) -> tuple[dict[str, metrics.SplitErrors], metrics.RegionErrors, HoldoutSample]:
     """One scan of this rank's joined rows: predict, stream the predictions to the rank's part file, and sum
     the errors; returns this rank's sums per split (`SplitErrors`) and per split and region (`RegionErrors`),
-    and its sample of holdout rows for the report."""
-    columns, weight = plan.columns, plan.config.weight_column
+    and its sample of holdout rows for the report. Cross-validated runs also write each row's fold and its
+    out-of-fold predictions."""
+    columns, weight, model, cv = plan.columns, plan.config.weight_column, fit.model, fit.cv
     # R^2 on the training split follows the fit's convention: uncentred through the origin (as R's lm).
     errors = {"train": metrics.SplitErrors(len(columns.targets), centred=plan.config.fit_intercept),
               "holdout": metrics.SplitErrors(len(columns.targets))}
     by_region = metrics.RegionErrors(len(regions), len(columns.targets))
     sample = HoldoutSample(len(columns.targets), seed=plan.config.seed, rank=cluster.rank)
-    schema = predictions_schema(plan.key_fields, columns.targets, weight_column=weight)
+    schema = predictions_schema(plan.key_fields, columns.targets, weight_column=weight, cv=cv is not None)
     path, upload = prediction_part_file(plan, cluster)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     progress = Progress("evaluation pass", joined.joined_rows, log)
     lookup = split.lookup(regions)
+    folds = split.folds.lookup(regions) if cv is not None else None
     plain = schema.remove_metadata()
     with commit.open_writer(path, schema, plan.metadata(), write_back=plan.staging.is_local) as writer, \
             BackgroundWriter(writer) as background, blas.one_thread():
@@ -296,7 +316,8 @@ def write_predictions(plan: RunPlan, joined: JoinResult, split: Split, model, re
             progress.advance(batch.num_rows)
             holdout = split.holdout_mask(batch, lookup, REGION_INDEX)
             Y = matrix(batch, columns.targets, np.float64)
-            pred = model.predict(matrix(batch, columns.features))
+            X = matrix(batch, columns.features)
+            pred = model.predict(X)
             w = matrix(batch, [weight], np.float64)[:, 0] if weight else None
             for name, mask in (("train", ~holdout), ("holdout", holdout)):
                 errors[name].update(Y[mask], pred[mask], None if w is None else w[mask])
@@ -305,8 +326,14 @@ def write_predictions(plan: RunPlan, joined: JoinResult, split: Split, model, re
             by_region.update(batch.column(REGION_INDEX).to_numpy(), holdout, residual * residual, w)
             out = [batch.column(k).cast(plain.field(k).type) for k in columns.keys]
             out.append(pa.DictionaryArray.from_arrays(pa.array(holdout.view(np.int8)), SPLIT_NAMES).cast(pa.string()))
+            if cv is not None:  # holdout rows are in no fold: null fold and out-of-fold predictions
+                fold = np.where(holdout, crossval.NO_FOLD, split.folds.of_rows(batch, folds, REGION_INDEX))
+                out.append(crossval.fold_column(fold))
+                cv_pred = crossval.out_of_fold(cv, X, fold)
             for j in range(len(columns.targets)):
                 out += [pa.array(Y[:, j]), pa.array(pred[:, j])]
+                if cv is not None:
+                    out.append(pa.array(cv_pred[:, j], mask=fold == crossval.NO_FOLD))
             if weight:
                 out.append(pa.array(w))
             background.write(pa.Table.from_arrays(out, schema=plain))

@@ -123,7 +123,7 @@ def test_every_output_file_records_run_metadata(tmp_path):
         meta = pq.read_schema(tmp_path / "out" / dataset / "run_id=meta" / "part-0.parquet").metadata
         assert meta[b"linreg.run_id"] == b"meta"
         assert meta[b"linreg.trainer"] == b"nn"
-        assert meta[b"linreg.schema_version"] == SCHEMA_VERSION.encode() == b"2"
+        assert meta[b"linreg.schema_version"] == SCHEMA_VERSION.encode() == b"3"
         assert json.loads(meta[b"linreg.config"])["seed"] == 3
         fingerprint = json.loads(meta[b"linreg.input_fingerprint"])
         files = [f for t in fingerprint["tables"] for f in t["files"]]

@@ -36,13 +36,21 @@ import pytest
 from linreg.errors import EXIT_CONFLICT
 from linreg.outputs import commit, locks
 from tests.conftest import REPO
+from tests.outputs.cv_committer import declared
 
 LONG = os.environ.get("LINREG_LONG_TESTS") == "1"
 KILLED = -9  # subprocess return code of a SIGKILLed process
 
 
 def committer(output, run_id, writer, *, rows=10, parts=1, kill_at=0, ready_dir=None, wait_for=0,
-              recover_only=False, count_ops=False, popen=False):
+              recover_only=False, count_ops=False, popen=False, cv=None):
+    """Run tests/reliability_committer.py; with cv True or False, tests/outputs/cv_committer.py (a run with or
+    without a cv partition, its files naming their run's datasets; one part per dataset)."""
+    if cv is not None:
+        args = [sys.executable, "-m", "tests.outputs.cv_committer", "--output", output, "--run-id", run_id,
+                "--writer", writer, "--rows", str(rows), "--kill-at", str(kill_at)]
+        args += ["--cv"] * cv + ["--count-ops"] * count_ops
+        return subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=120)
     args = [sys.executable, "-m", "tests.reliability_committer", "--output", output, "--run-id", run_id,
             "--writer", writer, "--rows", str(rows), "--parts", str(parts), "--kill-at", str(kill_at)]
     if ready_dir:
@@ -71,7 +79,7 @@ def visible(output: str, *, all_readers: bool = True) -> dict:
     fs, root, is_local = commit.resolve(output)
     state = {}
     con = duckdb.connect()
-    for dataset in commit.DATASETS:
+    for dataset in commit.DATASETS_WITH_CV:
         base = f"{root}/{dataset}"
         if fs.get_file_info(base).type != pafs.FileType.Directory:
             state[dataset] = {}
@@ -101,22 +109,34 @@ def visible(output: str, *, all_readers: bool = True) -> dict:
 
 
 def check_whole(output: str, *, all_readers: bool = True) -> dict:
-    """Every visible partition is whole and from one writer; every listed run is whole everywhere, one writer."""
+    """Every visible partition is whole and from one writer; every listed run is whole in every dataset of its
+    kind (`cv_committer.declared`: cv only for a cross-validated run), one writer, and absent from the others."""
     state = visible(output, all_readers=all_readers)
     for dataset, runs in state.items():
         for run_id, (rows, expected, writers) in runs.items():
             assert rows == expected and len(writers) == 1, (dataset, run_id, rows, expected, writers)
     for run_id, (_, _, writers) in state["runs"].items():
-        for dataset in commit.DATASETS:
-            assert run_id in state[dataset] and state[dataset][run_id][2] == writers, (run_id, dataset, state)
+        datasets = run_datasets(output, run_id)
+        for dataset in commit.DATASETS_WITH_CV:
+            if dataset in datasets:
+                assert run_id in state[dataset] and state[dataset][run_id][2] == writers, (run_id, dataset, state)
+            else:
+                assert run_id not in state[dataset], (run_id, dataset, state)
     return state
 
 
+def run_datasets(output: str, run_id: str) -> tuple[str, ...]:
+    """The datasets listed run `run_id` wrote, as its runs entry's metadata says."""
+    fs, root, _ = commit.resolve(output)
+    return declared(pq.read_schema(commit.part_path(root, "runs", run_id), filesystem=fs).metadata)
+
+
 def check_recovered(output: str) -> dict:
-    """After recover(): whole, and every dataset holds exactly the runs of the runs index; no journal left."""
+    """After recover(): whole, and every dataset holds exactly the runs of the runs index that write it (cv:
+    the cross-validated ones); no journal left."""
     state = check_whole(output, all_readers=False)
-    for dataset in commit.DATASETS:
-        assert set(state[dataset]) == set(state["runs"]), (dataset, state)
+    for dataset in commit.DATASETS_WITH_CV:
+        assert set(state[dataset]) == {r for r in state["runs"] if dataset in run_datasets(output, r)}, (dataset, state)
     fs, root, _ = commit.resolve(output)
     for info in fs.get_file_info(pafs.FileSelector(f"{root}/{commit.STAGING}", allow_not_found=True)):
         assert fs.get_file_info(f"{info.path}/{commit.JOURNAL}").type == pafs.FileType.NotFound
@@ -135,7 +155,7 @@ def runs_writer(output: str, run_id: str) -> str | None:
 def forget(output: str, run_id: str) -> None:
     """Remove a run (index entry first), as prune does."""
     fs, root, _ = commit.resolve(output)
-    for dataset in ("runs", "weights", "metrics", "predictions"):
+    for dataset in ("runs",) + tuple(d for d in commit.DATASETS_WITH_CV if d != "runs"):
         if fs.get_file_info(commit.partition(root, dataset, run_id)).type == pafs.FileType.Directory:
             fs.delete_dir(commit.partition(root, dataset, run_id))
 
@@ -153,12 +173,13 @@ def output(request, tmp_path):
     return str(tmp_path / "out")
 
 
-def kill_and_check(output, run_id, writer, k, *, parts, double_fault=0):
+def kill_and_check(output, run_id, writer, k, *, parts, double_fault=0, cv=None):
     """Kill a commit of `run_id` at operation k (and, with double_fault=j, its recovery at operation j); check
-    the state after the kill(s) and after recovery; return the number of processes killed (1 or 2)."""
+    the state after the kill(s) and after recovery; return the number of processes killed (1 or 2). cv: the
+    committer of tests/outputs/cv_committer.py, committing a run with (True) or without (False) cv."""
     before = snapshot(output)
     listed = runs_writer(output, run_id)
-    result = committer(output, run_id, writer, kill_at=k, parts=parts)
+    result = committer(output, run_id, writer, kill_at=k, parts=parts, cv=cv)
     assert result.returncode == KILLED, (k, result.stderr)
     # DuckDB and pandas read object storage through the same pyarrow filesystem here (no httpfs): on S3
     # they are compared with pyarrow at the end (and at every kill in the long version), locally every time.

@@ -45,8 +45,28 @@ def test_recover_and_check_reads_each_entry_once_and_decides_as_the_check(tmp_pa
 def test_an_entry_recover_did_not_read_is_read_by_its_footer(tmp_path, counted):
     """Object storage (recover reads no entry) and a run id with a staging area (a rerun replaces its entry)."""
     out = tmp_path / "out"
-    _entry(out, "a", {"trainer": ["exact"]}, "3")
+    _entry(out, "a", {"trainer": ["exact"]}, str(int(SCHEMA_VERSION) + 1))
     (out / commit.STAGING / "a.0000").mkdir(parents=True)  # no lease, but just made: a live run's area
     with pytest.raises(InputError, match="newer version"):
         migrate.recover_and_check(str(out))
     assert [kind for kind, _ in counted] == ["footer"]
+
+
+def test_runs_of_version_2_take_runs_of_version_3_without_a_migration(tmp_path):
+    """Version 3 only added (the cv dataset, columns of cross-validated runs): version 2 runs are neither
+    refused nor rewritten; version 1 runs still are, and only they are migrated."""
+    out = tmp_path / "out"
+    _entry(out, "v2", {"trainer": ["exact"]}, "2")
+    _entry(out, "v3", {"trainer": ["exact"]}, SCHEMA_VERSION)
+    files = {p: p.read_bytes() for p in out.rglob("*.parquet")}
+    assert migrate.recover_and_check(str(out)) == []
+    done = migrate.migrate(str(out))
+    assert (done.runs, done.files, done.current) == ([], [], 2)
+    assert f"2 run(s) already at version 2 to {SCHEMA_VERSION}" in done.text(dry_run=False)
+    _entry(out, "v1", {"run_id": ["v1"], "trainer": ["exact"]}, None)
+    with pytest.raises(InputError, match="schema version 1 .*flows.migrate"):
+        migrate.check_schema_version(str(out))
+    assert migrate.migrate(str(out)).runs == ["v1"]
+    migrate.check_schema_version(str(out))
+    assert {p: p.read_bytes() for p in files} == files  # the version 2 and 3 entries untouched
+    assert migrate.run_versions(str(out)) == {"v1": SCHEMA_VERSION, "v2": "2", "v3": SCHEMA_VERSION}

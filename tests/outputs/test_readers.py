@@ -1,7 +1,10 @@
 """One contract for every reader: each dataset we write reads whole, with its documented types and the run id
 as text, through pandas, Polars, DuckDB and Spark (Spark where pyspark and Java are installed); totals are
 null in region and target, so a region or a target called 'all' stays apart from them; an output root of
-schema version 1 is refused with the migration command, and migrates in place."""
+schema version 1 is refused with the migration command, and migrates in place; one of version 2 takes
+version 3 runs as it is. Cross-validated runs (made here through the commit API, tests/outputs/cv_run.py):
+their cv dataset and predictions read the same way, and beside other runs' predictions with each reader's
+documented option for files that differ by columns."""
 
 import importlib.util
 import json
@@ -25,6 +28,7 @@ from linreg.outputs import migrate, runindex
 from linreg.pipeline import report, reuse, steps
 from linreg.pipeline.scoring import ScoreConfig, score
 from tests.helpers import linear_tables
+from tests.outputs.cv_run import make_cross_validated
 
 TEXT, FLOAT, INT, UTC = "text", "float64", "int64", "timestamp UTC"
 TARGETS = ("apples", "oranges")
@@ -41,6 +45,12 @@ DOCUMENTED = {
     "scores": ({"region": TEXT, "year": INT, "model_run_id": TEXT, **{f"{t}_pred": FLOAT for t in TARGETS}},
                "score_run_id"),
 }
+# A cross-validated run's: its predictions gain fold and <target>_cv_pred, and it has a cv dataset.
+CV_PREDICTIONS = ({"region": TEXT, "year": INT, "split": TEXT, "fold": INT,
+                   **{c: FLOAT for t in TARGETS for c in (t, f"{t}_pred", f"{t}_cv_pred")}}, "run_id")
+DOCUMENTED_CV = {**DOCUMENTED, "predictions": CV_PREDICTIONS,
+                 "cv": ({"l2": FLOAT, "fold": INT, "target": TEXT, "mse": FLOAT, "rows": INT}, "run_id")}
+NULLABLE_INTS = ("fold",)  # pandas reads an int64 column holding nulls as float64 (NaN for null), as documented
 # Run ids of both forms a run id takes: a default one (a timestamp and a suffix) and a chosen one.
 RUN_IDS = ("20261204T101500Z-3f9a", "nightly-1")
 
@@ -118,14 +128,22 @@ def footer_rows(directory: Path, key: str) -> dict[str, int]:
             for p in sorted(directory.glob(f"{key}=*"))}
 
 
-def check_every_reader_reads_every_dataset(out: Path, readers: dict, runs: set[str], scorings: set[str]) -> None:
-    for dataset, (columns, key) in DOCUMENTED.items():
+def check_every_reader_reads_every_dataset(out: Path, readers: dict, runs: set[str], scorings: set[str],
+                                           documented: dict = DOCUMENTED) -> None:
+    for dataset, (columns, key) in documented.items():
         expected = footer_rows(out / dataset, key)
         assert set(expected) == (scorings if dataset == "scores" else runs), dataset
         for name, read in readers.items():
             kinds, counts = read(out / dataset, key)
-            assert kinds == {**columns, key: TEXT}, (name, dataset)
+            assert kinds == documented_kinds(name, columns, key), (name, dataset)
             assert counts == expected, (name, dataset)
+
+
+def documented_kinds(reader: str, columns: dict, key: str) -> dict:
+    """The documented types as `reader` gives them, the partition column as text."""
+    if reader.startswith("pandas"):
+        columns = {c: FLOAT if c in NULLABLE_INTS else kind for c, kind in columns.items()}
+    return {**columns, key: TEXT}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -238,6 +256,154 @@ def test_skip_if_unchanged_rebuilds_the_summary_from_null_totals(root):
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Cross-validated runs: the cv dataset, and the predictions' fold and <target>_cv_pred.
+
+@pytest.fixture(scope="module")
+def cv_root(root, tmp_path_factory):
+    """The root's two runs recommitted as cross-validated runs, and their chosen l2 values."""
+    out = tmp_path_factory.mktemp("cv") / "out"
+    shutil.copytree(root[0], out)
+    chosen = {run_id: make_cross_validated(str(out), run_id)[1] for run_id in RUN_IDS}
+    return out, chosen
+
+
+def test_every_reader_reads_the_cv_dataset_and_the_cross_validated_predictions(cv_root):
+    out, _ = cv_root
+    check_every_reader_reads_every_dataset(out, {"pandas": read_pandas, "polars": read_polars, "duckdb": read_duckdb},
+                                           set(RUN_IDS), {"score-a", "score-b"}, DOCUMENTED_CV)
+    for dataset in ("predictions", "cv"):  # pandas keeps fold an integer with its nullable types
+        assert str(pd.read_parquet(out / dataset, dtype_backend="numpy_nullable")["fold"].dtype) == "Int64"
+
+
+def test_spark_reads_the_cv_dataset_and_the_cross_validated_predictions(cv_root, spark):
+    out, _ = cv_root
+    check_every_reader_reads_every_dataset(out, {"spark": spark_reader(spark)}, set(RUN_IDS), {"score-a", "score-b"},
+                                           DOCUMENTED_CV)
+
+
+def check_documented_cv_queries(out: Path, chosen: dict[str, float], *, rel: float) -> None:
+    """docs/outputs.md's queries: the chosen l2 (metric l2) is the lowest pooled CV MSE over all targets of the
+    cv dataset (ties: the smallest l2), and the pooled and per-fold MSEs are those of the out-of-fold predictions."""
+    con = duckdb.connect()
+    cv = f"read_parquet('{out}/cv/*/*.parquet', hive_partitioning = true)"
+    metrics = f"read_parquet('{out}/metrics/*/*.parquet', hive_partitioning = true)"
+    predictions = f"read_parquet('{out}/predictions/*/*.parquet', hive_partitioning = true, union_by_name = true)"
+    recorded = dict(con.sql(f"SELECT run_id, value FROM {metrics} WHERE metric = 'l2'").fetchall())
+    lowest = dict(con.sql(f"SELECT run_id, arg_min(l2, (mse, l2)) FROM {cv} WHERE fold IS NULL AND target IS NULL "
+                          "GROUP BY run_id").fetchall())
+    assert recorded == lowest == chosen
+    for target in TARGETS:
+        from_predictions = con.sql(
+            f"SELECT run_id, coalesce(fold, -1), avg(({target} - {target}_cv_pred) ^ 2), count(*) FROM {predictions} "
+            "WHERE split = 'train' AND fold IS NOT NULL GROUP BY ROLLUP (run_id, fold) HAVING run_id IS NOT NULL"
+        ).fetchall()
+        stored = {(r, f, n): m for r, f, m, n in con.sql(
+            f"SELECT run_id, coalesce(fold, -1), mse, rows FROM {cv} JOIN (SELECT run_id, value AS l2 FROM {metrics} "
+            f"WHERE metric = 'l2') USING (run_id, l2) WHERE target = '{target}'").fetchall()}
+        assert len(from_predictions) == len(stored) == len(chosen) * 4  # 3 folds and the pooled value, per run
+        for run_id, fold, mse, rows in from_predictions:
+            assert mse == pytest.approx(stored[run_id, fold, rows], rel=rel), (run_id, fold, target)
+    null_folds = con.sql(f"SELECT count(*) FROM {predictions} WHERE (fold IS NULL) <> (split = 'holdout') "
+                         f"OR ({TARGETS[0]}_cv_pred IS NULL) <> (split = 'holdout')").fetchall()
+    assert null_folds == [(0,)]  # fold and the out-of-fold predictions: null exactly for holdout rows
+
+
+def test_the_documented_queries_of_cross_validated_runs(cv_root):
+    out, chosen = cv_root
+    check_documented_cv_queries(out, chosen, rel=1e-12)
+
+
+def test_a_cross_validated_run_of_the_pipeline_reads_and_queries_as_documented(tmp_path):
+    """A real run with --cv-folds 3 and three l2 values: every reader reads its five datasets with the documented
+    types; its cv dataset's MSEs are those of its out-of-fold predictions, and its l2 the lowest pooled one."""
+    w, y = _data(tmp_path / "data")
+    out = tmp_path / "out"
+    _train(w, y, out, "cv-run", trainer="exact", holdout_fraction=0.3, cv_folds=3, l2=[0.0, 0.1, 10.0])
+    documented = {d: v for d, v in DOCUMENTED_CV.items() if d != "scores"}
+    check_every_reader_reads_every_dataset(out, {"pandas": read_pandas, "polars": read_polars, "duckdb": read_duckdb},
+                                           {"cv-run"}, set(), documented)
+    l2 = duckdb.sql(f"SELECT value FROM read_parquet('{out}/metrics/*/*.parquet') WHERE metric = 'l2'").fetchall()
+    check_documented_cv_queries(out, {"cv-run": l2[0][0]}, rel=1e-9)  # the cv MSEs come from the fold factors
+
+
+def _union_pandas(directory: Path, key: str, like: Path):
+    frame = pd.read_parquet(directory, schema=pq.read_schema(like).append(pa.field(key, pa.string())))
+    return {c: _pandas_kind(t) for c, t in frame.dtypes.items()}, frame[key].astype(str).value_counts().to_dict()
+
+
+def _union_polars(directory: Path, key: str, like: Path):
+    frame = pl.scan_parquet(directory, hive_partitioning=True, missing_columns="insert",
+                            schema=pl.read_parquet_schema(like)).collect()
+    kinds = {c: POLARS_KINDS.get(t, str(t)) for c, t in frame.schema.items()}
+    return kinds, dict(frame.group_by(key).len().iter_rows())
+
+
+def _union_duckdb(directory: Path, key: str, like: Path):
+    source = f"read_parquet('{directory}/*/*.parquet', hive_partitioning = true, union_by_name = true)"
+    relation = duckdb.sql(f"SELECT * FROM {source}")
+    kinds = {c: DUCKDB_KINDS.get(str(t), str(t)) for c, t in zip(relation.columns, relation.types)}
+    return kinds, dict(duckdb.sql(f"SELECT {key}, count(*) FROM {source} GROUP BY ALL").fetchall())
+
+
+def test_predictions_of_cross_validated_and_other_runs_read_together_with_each_readers_option(root, tmp_path):
+    """The documented options for files that differ by columns: every row of both runs, with the cross-validated
+    columns (null for the other run's rows)."""
+    out = tmp_path / "out"
+    shutil.copytree(root[0], out)
+    make_cross_validated(str(out), RUN_IDS[1])
+    like = out / "predictions" / f"run_id={RUN_IDS[1]}" / "part-0.parquet"
+    directory, expected = out / "predictions", footer_rows(out / "predictions", "run_id")
+    columns, key = CV_PREDICTIONS
+    for name, read in (("pandas", _union_pandas), ("polars", _union_polars), ("duckdb", _union_duckdb)):
+        kinds, counts = read(directory, key, like)
+        assert kinds == documented_kinds(name, columns, key) and counts == expected, name
+    plain = pl.scan_parquet(directory, hive_partitioning=True, missing_columns="insert",
+                            schema=pl.read_parquet_schema(like)).filter(pl.col("run_id") == RUN_IDS[0]).collect()
+    assert plain.height == expected[RUN_IDS[0]] and plain["fold"].null_count() == plain.height
+
+
+def test_spark_reads_predictions_of_cross_validated_and_other_runs_with_merge_schema(root, tmp_path, spark):
+    out = tmp_path / "out"
+    shutil.copytree(root[0], out)
+    make_cross_validated(str(out), RUN_IDS[1])
+    frame = spark.read.option("mergeSchema", "true").parquet(str(out / "predictions"))
+    columns, key = CV_PREDICTIONS
+    assert {c: SPARK_KINDS.get(t, t) for c, t in frame.dtypes} == documented_kinds("spark", columns, key)
+    counts = {row[key]: row["count"] for row in frame.groupBy(key).count().collect()}
+    assert counts == footer_rows(out / "predictions", key)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# An output root of schema version 2 takes version 3 runs as it is.
+
+def test_a_version_2_root_takes_a_version_3_run_without_a_migration(root, tmp_path):
+    """Version 3 only added: a root whose runs say version 2 is neither refused nor rewritten by a run (a
+    cross-validated one included), and every reader reads it whole."""
+    out = tmp_path / "out"
+    shutil.copytree(root[0], out)
+    for path in (p for p in out.rglob("*.parquet") if "_staging" not in p.parts):
+        table = pq.read_table(path, partitioning=None)
+        pq.write_table(table.replace_schema_metadata({**table.schema.metadata, b"linreg.schema_version": b"2"}), path)
+    assert migrate.run_versions(str(out)) == {r: "2" for r in RUN_IDS}
+    before = _snapshot(out)
+    _, w, y, _ = root
+    _train(w, y, out, "after", trainer="exact")
+    make_cross_validated(str(out), "after")
+    assert {p: b for p, b in _snapshot(out).items() if p in before} == before  # nothing of version 2 rewritten
+    assert migrate.run_versions(str(out)) == {**{r: "2" for r in RUN_IDS}, "after": SCHEMA_VERSION}
+    migrate.check_schema_version(str(out))
+    assert migrate.migrate(str(out)).runs == []
+    for dataset in ("weights", "metrics", "runs", "scores"):  # the predictions: the test above
+        readers = {"pandas": read_pandas, "polars": read_polars, "duckdb": read_duckdb}
+        columns, key = DOCUMENTED[dataset]
+        runs = {"score-a", "score-b"} if dataset == "scores" else {*RUN_IDS, "after"}
+        assert set(footer_rows(out / dataset, key)) == runs
+        for name, read in readers.items():
+            kinds, counts = read(out / dataset, key)
+            assert kinds == documented_kinds(name, columns, key) and counts == footer_rows(out / dataset, key)
+
+
+# ---------------------------------------------------------------------------------------------------------
 # An output root of schema version 1: refused, migrated, then read by every reader.
 
 def write_as_version_1(out: Path, run_id: str) -> None:
@@ -304,7 +470,8 @@ def test_a_version_1_root_is_refused_with_the_migration_command_then_migrated(ve
         path = out / dataset / f"run_id={run_id}" / "part-0.parquet"
         assert pq.read_table(path).equals(table), (dataset, run_id)
         metadata = pq.read_schema(path).metadata
-        assert metadata[b"linreg.schema_version"] == b"2" and metadata[b"linreg.migrated_from"] == b"1"
+        assert metadata[b"linreg.schema_version"] == SCHEMA_VERSION.encode()  # the layout of versions 2 and 3
+        assert metadata[b"linreg.migrated_from"] == b"1"
         assert json.loads(metadata[b"linreg.config"])["run_id"] == run_id  # the rest of the metadata is kept
     assert not [p for p in out.rglob("*.tmp")]
 
@@ -326,7 +493,7 @@ def test_an_interrupted_migration_is_finished_by_the_next(version_1_root, monkey
         migrate.migrate(str(out))
     first = RUN_IDS[0]
     metrics = str(out / "metrics" / f"run_id={first}" / "part-0.parquet")
-    assert migrate.file_version(pafs.LocalFileSystem(), metrics) == "2"  # metrics rewritten, the entry not yet
+    assert migrate.file_version(pafs.LocalFileSystem(), metrics) == SCHEMA_VERSION  # metrics rewritten, entry not yet
     assert migrate.run_versions(str(out))[first] == "1" and not list(out.rglob("*.tmp"))
     with pytest.raises(InputError, match="flows.migrate"):
         migrate.check_schema_version(str(out))
@@ -348,12 +515,14 @@ def test_a_root_of_a_newer_schema_version_is_refused_and_not_migrated(version_1_
     migrate.migrate(str(out))
     path = out / "runs" / f"run_id={RUN_IDS[0]}" / "part-0.parquet"
     table = pq.read_table(path)
-    pq.write_table(table.replace_schema_metadata({**table.schema.metadata, b"linreg.schema_version": b"3"}), path)
-    with pytest.raises(InputError, match=r"newer version .*schema version 3"):
+    newer = str(int(SCHEMA_VERSION) + 1)
+    pq.write_table(table.replace_schema_metadata({**table.schema.metadata, b"linreg.schema_version": newer.encode()}),
+                   path)
+    with pytest.raises(InputError, match=rf"newer version .*schema version {newer}"):
         migrate.check_schema_version(str(out))
     before = _snapshot(out)
     assert migrate_cli.main(["--output", str(out)]) == EXIT_BAD_INPUT
-    assert "newer than this version's 2" in capsys.readouterr().err and _snapshot(out) == before
+    assert f"newer than this version's {SCHEMA_VERSION}" in capsys.readouterr().err and _snapshot(out) == before
 
 
 def test_metrics_of_version_1_take_the_first_all_row_of_a_key_as_the_total():

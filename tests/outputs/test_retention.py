@@ -1,5 +1,5 @@
 """Retention: keep the last N runs or drop runs older than D days; the runs index first, never a run in
-progress, a dry run that lists and touches nothing."""
+progress, a dry run that lists and touches nothing; a cross-validated run's cv goes with it."""
 
 import datetime as dt
 import os
@@ -11,9 +11,10 @@ import pytest
 from flows.prune import main as prune_main
 from linreg.config import make_config
 from linreg.errors import InputError
-from linreg.outputs import retention, runindex
+from linreg.outputs import commit, retention, runindex
 from linreg.pipeline import inprocess
 from tests.conftest import SAMPLE
+from tests.outputs.cv_run import make_cross_validated
 
 IDS = ("r1", "r2", "r3", "r4")  # committed in this order
 
@@ -104,3 +105,32 @@ def test_bad_options_are_input_errors(out, capsys):
         prune_main(["--output", out, "--keep-last", "1", "--older-than", "2"])
     assert exit_.value.code == 2
     assert len(runindex.read_runs(out)) == 4
+
+
+def test_a_cross_validated_run_is_removed_with_its_cv(out):
+    cv, _ = make_cross_validated(out, "r2")  # r2 recommitted with cross-validation, in its place
+    assert cv.num_rows and [r["run_id"] for r in runindex.read_runs(out)] == list(IDS)
+    assert _present(out, "r2") == {"runs", "weights", "metrics", "predictions", commit.CV, "reports"}
+    kept_before = {k: v for k, v in _snapshot(Path(out)).items() if "r3" in k or "r4" in k}
+    plan = retention.prune(out, keep_last=2)
+    assert plan.remove == ["r1", "r2"] and _present(out, "r1") == _present(out, "r2") == set()
+    assert {k: v for k, v in _snapshot(Path(out)).items() if "r3" in k or "r4" in k} == kept_before
+
+
+def test_a_cv_partition_left_by_an_interrupted_prune_is_removed_by_the_next(out, monkeypatch):
+    make_cross_validated(out, "r1")
+    shutil.rmtree(f"{out}/{commit.REPORTS}/run_id=r1")  # a run whose report was not drawn: cv is its last data
+
+    def crash_at_the_cv(filesystem, path):
+        if f"/{commit.CV}/" in path:
+            raise OSError("killed mid-prune")
+        filesystem.delete_dir(path)
+
+    monkeypatch.setattr(retention, "_delete", crash_at_the_cv)
+    with pytest.raises(OSError, match="killed"):
+        retention.prune(out, keep_last=3)
+    assert _present(out, "r1") == {commit.CV}  # not committed, only its cv left
+    monkeypatch.undo()
+    assert retention.plan_prune(out, keep_last=3).orphans == ["r1"]
+    plan = retention.prune(out, keep_last=3)
+    assert plan.orphans == ["r1"] and _present(out, "r1") == set()
