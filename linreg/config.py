@@ -182,7 +182,8 @@ class TrainConfig(BaseModel):
                                         "another rank (dead or hung) ends the job with an error.")
 
     # Resources
-    memory_budget: str = Field("25%", description="Memory the run may use: bytes with a unit (512MB, 4GB) or a "
+    memory_budget: str = Field("25%", description="Memory the run may use on a machine, shared by its ranks "
+                               "(--nproc-per-node): bytes with a unit (512MB, 4GB) or a "
                                "share of this machine's RAM (25%). Half goes to DuckDB's join (at least 128MB; it spills to "
                                "disk beyond it); gradient trainers keep the training rows in memory while they "
                                "fit in the other half, and stream them from disk otherwise.")

@@ -169,8 +169,8 @@ def _join_tables(con: duckdb.DuckDBPyConnection, weather: Table, yields: Table, 
     GROUP BY region per table, which also gives the regions of both tables (`JoinResult.regions_path`).
 
     ordered: rows sorted by keys (what the gradient trainers need to be reproducible; the exact solver is
-    independent of row order, so it skips the sort). row_filter: a DuckDB condition keeping one rank's
-    rows of both tables (`linreg.inputs.shard.sql_predicate`); check=False leaves the no-rows and drop-rate checks
+    independent of row order, so it skips the sort). row_filter: a DuckDB condition on the region column
+    keeping one rank's regions of both tables (`linreg.inputs.shard.sql_predicate`); check=False leaves the no-rows and drop-rate checks
     to the caller (`check_drops` on all ranks' totals). memory_limit (bytes): DuckDB's limit, for the
     duplicate check and the number of buckets.
 
@@ -187,13 +187,12 @@ def _join_tables(con: duckdb.DuckDBPyConnection, weather: Table, yields: Table, 
     if row_filter:  # one rank's regions: the counts below are then this rank's
         register(con, "weather_input", weather)
         register(con, "yields_input", yields)
-        con.execute(f"CREATE OR REPLACE TEMP VIEW weather_rows AS SELECT * FROM weather_input WHERE {row_filter}")
-        con.execute(f"CREATE OR REPLACE TEMP VIEW yields AS SELECT * FROM yields_input WHERE {row_filter}")
+        weather_regions, yields_regions = rank_regions(con, columns, row_filter, weather, yields)
     else:
         register(con, "weather_rows", weather)
         register(con, "yields", yields)
-    weather_regions, yields_regions = (check_key_values(con, table, view, columns.keys, columns.region)
-                                       for table, view in ((weather, "weather_rows"), (yields, "yields")))
+        weather_regions, yields_regions = (check_key_values(con, table, view, columns.keys, columns.region)
+                                           for table, view in ((weather, "weather_rows"), (yields, "yields")))
     regions, region_rows = region_index(weather_regions, yields_regions)
     weather_view(con, "weather", "weather_rows", columns)
     values = columns.features + columns.targets + ([weight_column] if weight_column else [])
@@ -285,6 +284,31 @@ def weather_view(con: duckdb.DuckDBPyConnection, name: str, rows: str, columns: 
     the keys (streaming in DuckDB): each column the features use by its function, each named aggregate by its
     expression; else the rows as they are."""
     con.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS {weather_sql(columns, rows)}")
+
+
+def rank_regions(con: duckdb.DuckDBPyConnection, columns: Columns, row_filter: str, weather: Table,
+                 yields: Table) -> tuple[pa.Table, pa.Table]:
+    """One rank's share of both tables (views `weather_input`, `yields_input`) as views `weather_rows` and
+    `yields`, and its regions with their row counts in each (`check_key_values`' tables). The key check runs
+    on every row (each rank pays the scan of every file's keys, as it would to filter them), the condition
+    `row_filter` once per distinct region (an md5 a row cost each rank more than one process's whole join),
+    and the rows are kept by a hash semi-join with the rank's regions."""
+    found = [check_key_values(con, table, view, columns.keys, columns.region)
+             for table, view in ((weather, "weather_input"), (yields, "yields_input"))]
+    region = quote(columns.region)
+    both = pa.concat_tables([f.select(["region"]).cast(pa.schema([("region", found[0].schema.field("region").type)]))
+                             for f in found])
+    con.register("linreg_found_regions", both)
+    mine = con.sql(f"SELECT DISTINCT {region} FROM (SELECT region AS {region} FROM linreg_found_regions) "
+                   f"WHERE {row_filter}").to_arrow_table()
+    con.unregister("linreg_found_regions")
+    con.register("linreg_rank_regions", mine)
+    for view, source in (("weather_rows", "weather_input"), ("yields", "yields_input")):
+        con.execute(f"CREATE OR REPLACE TEMP VIEW {view} AS SELECT * FROM {source} "
+                    f"WHERE {region} IN (SELECT {region} FROM linreg_rank_regions)")
+    keep = mine.column(0).combine_chunks()
+    return tuple(f.filter(pc.is_in(f.column("region"), value_set=keep.cast(f.schema.field("region").type)))
+                 for f in found)
 
 
 def check_key_values(con: duckdb.DuckDBPyConnection, table: Table, view: str, keys: list[str],

@@ -169,6 +169,11 @@ def _device(option: str, local_rank: int = 0) -> torch.device | str:
     return "cpu" if option == "cpu" else resolve_device(option, local_rank)
 
 
+def local_ranks(cluster: Cluster) -> int:
+    """How many ranks of `cluster`'s job run on this machine (torchrun's LOCAL_WORLD_SIZE; 1 with one process)."""
+    return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1))) if cluster.distributed else 1
+
+
 def setup(device: str = config_default("device"),
           timeout_seconds: float = config_default("dist_timeout_seconds")) -> Cluster:
     """The Cluster of this process; joins the torchrun process group when launched by torchrun."""

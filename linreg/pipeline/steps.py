@@ -135,9 +135,9 @@ def join_inputs(plan: RunPlan, cluster: Cluster | None = None) -> JoinResult:
                            weight_column=config.weight_column,
                            row_filter=shard.sql_predicate(columns.region, cluster.rank, cluster.world_size),
                            check=False, ordered=config.trainer != "exact",
-                           memory_limit=config.memory_budget_bytes() // 2)
+                           memory_limit=rank_budget(config, cluster) // 2)
 
-    con = connect(plan.work_dir, plan.config.memory_budget_bytes() // 2)
+    con = connect(plan.work_dir, rank_budget(config, cluster) // 2)
     try:
         joined = on_every_rank(cluster, lambda: join(con))
         total = global_join(cluster, joined)
@@ -150,6 +150,12 @@ def join_inputs(plan: RunPlan, cluster: Cluster | None = None) -> JoinResult:
              joined.joined_rows, joined.weather_rows, joined.weather_dropped, joined.yields_rows,
              joined.yields_dropped, plan.timings["join"])
     return joined
+
+
+def rank_budget(config: TrainConfig, cluster: Cluster | None = None) -> int:
+    """Bytes this rank may use: --memory-budget is what the job may use on a machine, shared by its local
+    ranks (four ranks at the default 25% take 25% of RAM together, not all of it)."""
+    return config.memory_budget_bytes() // dist.local_ranks(cluster or dist.single_process())
 
 
 def on_every_rank(cluster: Cluster, step):
@@ -223,13 +229,13 @@ def fit_model(plan: RunPlan, joined: JoinResult, split: Split, cluster: Cluster 
         return StreamedRows(path=joined.path, features=columns.features, targets=columns.targets,
                             weight=config.weight_column, keep=lambda b: ~split.holdout_mask(b, lookup, REGION_INDEX),
                             keep_columns=split.columns(REGION_INDEX), shift=shift, scale=scale, n_rows=n_rows,
-                            mean_weight=mean_weight, buffer_rows=stream_buffer_rows(config.memory_budget_bytes(),
+                            mean_weight=mean_weight, buffer_rows=stream_buffer_rows(rank_budget(config, cluster),
                                                                                     len(columns.features + columns.targets) + 1))
 
     with blas.one_thread():
         result = fit(lambda: read_ahead(train_batches()), trainer=config.trainer, features=columns.features,
                      targets=columns.targets, options=TrainOptions.from_config(config), cluster=cluster,
-                     checkpoint=checkpoint, stream=stream, memory_limit=config.memory_budget_bytes() // 2,
+                     checkpoint=checkpoint, stream=stream, memory_limit=rank_budget(config, cluster) // 2,
                      cv_folds=config.cv_folds, l2s=config.l2_values if config.cv_folds else None)
     if result.cv is not None:
         log.info("cross-validated MSE over %d folds: %s; chosen l2 %g", config.cv_folds,

@@ -34,3 +34,13 @@ def test_a_failed_run_calls_no_then_and_leaves_no_staging(tmp_path):
                   then=lambda plan, fit, evaluation: after.append(plan))
     assert after == [] and not list((tmp_path / "out").rglob("*.parquet"))
     assert not list((tmp_path / "out" / "_staging").glob("bad*"))
+
+
+def test_the_memory_budget_is_the_machines_shared_by_its_local_ranks(monkeypatch):
+    from linreg.parallel.dist import Cluster
+
+    config = make_config(memory_budget="4GB")
+    four = Cluster(rank=5, world_size=8, local_rank=1, device="cpu")  # 2 machines x 4 ranks
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert steps.rank_budget(config, four) == 2**30
+    assert steps.rank_budget(config) == 4 * 2**30  # one process: the whole budget, whatever the environment
