@@ -62,6 +62,7 @@ class TrainOptions:
     rcond: float = config_default("rcond")
     singular: str = config_default("singular")
     confidence: float = config_default("confidence")
+    average_every: int = config_default("average_every")
 
     @classmethod
     def from_config(cls, config) -> "TrainOptions":

@@ -62,13 +62,17 @@ def train(seen: Seen, trainer: str, options: TrainOptions, cluster: dist.Cluster
     else:
         torch.manual_seed(options.seed)  # nn.Linear's initialization
         model = nn.Linear(p, k, bias=options.fit_intercept).to(cluster.device)
+        # local SGD (--average-every > 1, several ranks): no collective per step, the models averaged instead
+        local = cluster.distributed and options.average_every > 1 and not isinstance(source, StreamedSteps)
         if isinstance(source, StreamedSteps):  # one process; the update streamed epochs have always made
             optimizer, forward = PlainSGD(model.parameters(), lr=lr), model
         else:
             optimizer = torch.optim.SGD(model.parameters(), lr=lr)
-            forward = merge.data_parallel(model, cluster, source.X.device)
+            forward = model if local else merge.data_parallel(model, cluster, source.X.device)
         trained = TRAINERS[trainer](source, model, optimizer, schedule, epochs=options.epochs, forward=forward,
-                                    penalty=penalty, checkpoint=checkpoint, generator=generator)
+                                    penalty=penalty, checkpoint=checkpoint, generator=generator,
+                                    **({"average": merge.model_averager(model, cluster, len(source.X) / source.n_rows),
+                                        "average_every": options.average_every} if trainer == "nn" and local else {}))
     return trained, scaler, lr, seen.parts is None
 
 

@@ -205,10 +205,12 @@ def train_manual(source, model: ManualModel, schedule: Schedule, *, epochs: int,
 
 def train_nn(source, model: nn.Linear, optimizer: torch.optim.Optimizer, schedule: Schedule, *, epochs: int,
              forward: nn.Module | None = None, penalty: torch.Tensor | None = None, checkpoint=None,
-             generator: torch.Generator | None = None) -> TrainResult:
+             generator: torch.Generator | None = None, average=None, average_every: int = 1) -> TrainResult:
     """nn.Linear trained by `optimizer` over the source's steps (one block each): loss, ridge term,
     zero_grad, backward, step; the optimizer's learning rate follows the schedule after each epoch.
     forward: the model as called (DistributedDataParallel(model) with several ranks; default the model).
+    average: local SGD (`linreg.parallel.merge.model_averager`): the ranks' models are averaged every
+    `average_every` steps and at the end of every epoch, instead of DDP's all-reduce of every step's gradients.
     checkpoint: as in train_manual (with the optimizer's state)."""
     start = time.perf_counter()
     forward = model if forward is None else forward
@@ -225,11 +227,17 @@ def train_nn(source, model: nn.Linear, optimizer: torch.optim.Optimizer, schedul
             for xb, yb, wb, rows in step:
                 loss = source.loss(forward(xb), yb, wb, rows)
                 blocks.append((loss.detach(), len(xb), rows))
+                if average is not None and len(xb):  # local SGD: this rank's own mean (the averaging weighs ranks)
+                    loss = loss * (rows / (source.world * len(xb)))
                 if penalty is not None:
                     loss = loss + source.ridge(model.weight, penalty)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                if average is not None and len(blocks) % average_every == 0:
+                    average()
+        if average is not None and len(blocks) % average_every:
+            average()  # every rank ends the epoch with the same model
         epoch_loss = source.epoch_loss(blocks, model.weight, bias, penalty)
         if _end_of_epoch(result, schedule, epoch_loss, epoch_start):
             break

@@ -119,6 +119,26 @@ def epoch_order(n_local: int, batch: int, n_total: int, cluster: Cluster, *, see
     return torch.randperm(n_local, generator=epoch_generator(seed, epoch, cluster.rank)) if batch < n_total else None
 
 
+def model_averager(module, cluster: Cluster, share: float):
+    """A function that replaces `module`'s parameters, on every rank, by their mean over the ranks weighted by
+    each rank's `share` of the training rows (shares sum to 1): one all-reduce of all parameters flattened
+    together (local SGD's periodic averaging, as torch's `PeriodicModelAverager` does, weighted so that
+    averaging after every step is exactly the global mini-batch step)."""
+    import torch
+
+    params = [p for p in module.parameters()]
+
+    def average() -> None:
+        with torch.no_grad():
+            flat = torch.cat([p.detach().reshape(-1) for p in params]).to(cluster.comm_device) * share
+            cluster.all_reduce_sum(flat)
+            offset = 0
+            for p in params:
+                p.copy_(flat[offset:offset + p.numel()].view_as(p).to(p.device))
+                offset += p.numel()
+    return average
+
+
 def data_parallel(module, cluster: Cluster, device):
     """`module` as the ranks call it: wrapped in DistributedDataParallel (gradients averaged over ranks at
     each backward) with several ranks, the module itself with one process. device: where its tensors are."""

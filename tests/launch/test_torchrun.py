@@ -483,3 +483,20 @@ def test_prefect_flow_runs_a_two_rank_job(tmp_path):
     assert read(out, "runs", "flow-dist").num_rows == 1
     assert len(list((Path(out) / "predictions" / "run_id=flow-dist").iterdir())) == 2
     assert any(m.startswith("[rank 0]") for m in messages) and any(m.startswith("[rank 1]") for m in messages)
+
+
+def test_local_sgd_reaches_the_training_loss_of_one_process_with_fewer_collectives(tmp_path):
+    """--average-every H (nn, several ranks): each rank steps on its own rows and the models are averaged, by
+    rows, every H steps and at every epoch's end: the same training loss within 1% as one process with the
+    same seed and epochs, every rank holding the same model."""
+    region, X, Y = skewed_rows(seed=4, regions=30)
+    base = dict(batch_size=256, epochs=8, tol=0, device="cpu", seed=1)
+    one = ok(run_ranks(tmp_path, 1, _fit_shard, region, X, Y, "nn", TrainOptions(**base)))[0]
+    for every in (1, 8):  # 1: DDP's all-reduce of every step's gradients; 8: local SGD
+        two = ok(run_ranks(tmp_path, 2, _fit_shard, region, X, Y, "nn", TrainOptions(**base, average_every=every)))
+        assert min(r[0] for r in two) > 0
+        np.testing.assert_array_equal(two[0][1], two[1][1])  # the ranks end with one model
+        mse = [float(np.mean((X @ r[1].T + r[2] - Y) ** 2)) for r in (one, two[0])]  # the training MSE
+        assert mse[1] == pytest.approx(mse[0], rel=0.01), (every, mse)
+        assert relative(two[0][1], one[1]) < 0.05  # mini-batches differ (each rank shuffles its own rows)
+    assert one[4][-1] < 0.5 * one[4][0]  # it did train
