@@ -23,8 +23,9 @@ no spaces (but "- -"), parentheses only where precedence or associativity needs 
 quoted only where they must be, numbers in the shortest form that reads back to the same double (`2000`,
 `0.5`, `1e-05`); `parse(canonical(t)) == t` for every tree.
 
-`to_sql` writes DuckDB SQL computing the expression in DOUBLE and `linreg.features.evaluate` computes it with NumPy (float64,
-one value a row, in whatever units the expression gives: temp^2 is in degrees squared), with the same results:
+`to_sql` writes DuckDB SQL computing the expression in DOUBLE and `linreg.features.evaluate` computes it with
+NumPy (float64, one value a row, in whatever units the expression gives: temp^2 is in degrees squared), with
+the same results:
 outside a function's domain (log of x <= 0, division by 0, 0 to a negative power, a negative base to a
 non-integer power, the square root of a negative number) the value is NaN, an overflow is +-inf, never a DuckDB
 error; NaN propagates through least, greatest and the aggregates (IEEE's pow(NaN, 0) = pow(1, NaN) = 1 and

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from typing import Collection
 
 from linreg.errors import InputError, format_examples
-from linreg.features.expression import Column, Node, canonical, column_names, has_aggregate, parse, split_top_level
+from linreg.features.expression import (Column, Node, canonical, column_names, has_aggregate, parse,
+                                        split_top_level)
 
 AGGREGATES = {"mean": "avg", "min": "min", "max": "max", "sum": "sum"}  # --aggregate's functions -> DuckDB's
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -35,7 +36,6 @@ class Features:
     default_aggregate: str = "mean"                      # for columns without their own function
     column_aggregates: dict[str, str] = field(default_factory=dict)  # column -> mean|min|max|sum, as given
     named: dict[str, Node] = field(default_factory=dict)             # name -> aggregate expression, as given
-    aggregate_text: str | None = None
 
     @property
     def plain(self) -> bool:
@@ -102,7 +102,7 @@ def parse_features(features: list[str], aggregate: str | None = None, columns: C
         else:
             default = _function(part, part)
     result = Features(terms=terms, trees=trees, aggregating=True, default_aggregate=default or "mean",
-                      column_aggregates=per_column, named=named, aggregate_text=aggregate)
+                      column_aggregates=per_column, named=named)
     used = set(result.used_names())
     unused = [c for c in per_column if c not in used or c in named]
     if unused:

@@ -170,8 +170,8 @@ def _join_tables(con: duckdb.DuckDBPyConnection, weather: Table, yields: Table, 
 
     ordered: rows sorted by keys (what the gradient trainers need to be reproducible; the exact solver is
     independent of row order, so it skips the sort). row_filter: a DuckDB condition on the region column
-    keeping one rank's regions of both tables (`linreg.inputs.shard.sql_predicate`); check=False leaves the no-rows and drop-rate checks
-    to the caller (`check_drops` on all ranks' totals). memory_limit (bytes): DuckDB's limit, for the
+    keeping one rank's regions of both tables (`linreg.inputs.shard.sql_predicate`); check=False leaves the
+    no-rows and drop-rate checks to the caller (`check_drops` on all ranks' totals). memory_limit (bytes): DuckDB's limit, for the
     duplicate check and the number of buckets.
 
     Inputs too large for DuckDB to join (and sort) within `memory_limit` are joined bucket by bucket: one
