@@ -1,11 +1,13 @@
-"""A tiny committer for the kill and concurrency tests (tests/outputs/test_commit.py): stages four small
-datasets for one run id and commits them with linreg.outputs.commit.Staging, without importing torch.
+"""A tiny committer for the kill and concurrency tests (tests/outputs/test_commit.py, test_commit_cv.py): stages
+four small datasets for one run id (five with --cv: a `cv` partition too, as a cross-validated run) and commits
+them with linreg.outputs.commit.Staging, without importing torch.
 
     python -m tests.reliability_committer --output OUT --run-id ID --writer W --rows N
-        [--parts P] [--kill-at K] [--ready-dir DIR --wait-for N] [--recover-only]
+        [--parts P] [--cv] [--kill-at K] [--ready-dir DIR --wait-for N] [--recover-only]
 
-Every file records `linreg.writer` (W) and `linreg.rows` (the rows of its dataset's partition, all parts
-together), so a test can check that a visible partition is whole and from one writer. --kill-at K: the
+Every file records `linreg.writer` (W), `linreg.rows` (the rows of its dataset's partition, all parts
+together) and `linreg.datasets` (its run's datasets), so a test can check that a visible partition is whole
+and from one writer, and what a listed run must hold and must not (`declared`). --kill-at K: the
 process SIGKILLs itself before the K-th file operation of the commit (commit.before_file_operation).
 --ready-dir/--wait-for: after staging, touch DIR/W and wait until N writers are ready (a race start line).
 Exit codes: 0 committed, 3 RunConflictError (its message on stderr), 1 anything else.
@@ -52,11 +54,25 @@ def kill_at(k: int) -> None:
     return count
 
 
-def tables(run_id: str, writer: str, rows: int) -> dict[str, pa.Table]:
-    """Small stand-ins for weights, metrics, predictions and runs; every row names its run and writer."""
+DATASETS_KEY = b"linreg.datasets"
+
+
+def declared(metadata: dict | None) -> tuple[str, ...]:
+    """The datasets a run's file says its run wrote (the four when a file does not say)."""
+    value = (metadata or {}).get(DATASETS_KEY)
+    return tuple(value.decode().split(",")) if value else commit.DATASETS
+
+
+def tables(run_id: str, writer: str, rows: int, cv: bool = False) -> dict[str, pa.Table]:
+    """Small stand-ins for weights, metrics, predictions and runs (and with cv a `cv` table of 5 rows); every
+    row names its run and writer."""
     n = {"weights": 3, "metrics": 4, "predictions": rows, "runs": 1}
-    return {d: pa.table({"run": [run_id] * k, "writer": [writer] * k, "i": list(range(k)),
-                         "value": [float(i) * 0.5 for i in range(k)]}) for d, k in n.items()}
+    found = {d: pa.table({"run": [run_id] * k, "writer": [writer] * k, "i": list(range(k)),
+                          "value": [float(i) * 0.5 for i in range(k)]}) for d, k in n.items()}
+    if cv:
+        found[commit.CV] = pa.table({"run": [run_id] * 5, "writer": [writer] * 5, "i": list(range(5)),
+                                     "value": [0.25 * i for i in range(5)]})
+    return found
 
 
 def main(argv=None) -> int:
@@ -66,6 +82,7 @@ def main(argv=None) -> int:
     parser.add_argument("--writer", required=True)
     parser.add_argument("--rows", type=int, default=10)
     parser.add_argument("--parts", type=int, default=1, help="predictions written as this many part files")
+    parser.add_argument("--cv", action="store_true", help="a cross-validated run: a cv partition too")
     parser.add_argument("--kill-at", type=int, default=0)
     parser.add_argument("--ready-dir")
     parser.add_argument("--wait-for", type=int, default=0)
@@ -80,10 +97,12 @@ def main(argv=None) -> int:
     saved = commit.before_file_operation
     commit.before_file_operation = lambda: None  # kill points count the commit's operations only
     commit.recover(args.output)
-    staging = commit.Staging.create(args.output, args.run_id)
+    datasets = commit.DATASETS_WITH_CV if args.cv else commit.DATASETS
+    staging = commit.Staging.create(args.output, args.run_id, datasets=datasets)
     try:
-        for dataset, table in tables(args.run_id, args.writer, args.rows).items():
-            metadata = {b"linreg.writer": args.writer.encode(), b"linreg.rows": str(table.num_rows).encode()}
+        for dataset, table in tables(args.run_id, args.writer, args.rows, args.cv).items():
+            metadata = {b"linreg.writer": args.writer.encode(), b"linreg.rows": str(table.num_rows).encode(),
+                        DATASETS_KEY: ",".join(datasets).encode()}
             parts = args.parts if dataset == "predictions" else 1
             bounds = [table.num_rows * p // parts for p in range(parts + 1)]
             for part in range(parts):

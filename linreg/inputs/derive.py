@@ -5,7 +5,9 @@ from the parsed trees (`linreg.features.expression.to_sql`): the user's text nev
 
 from __future__ import annotations
 
-from linreg.features.expression import Call, Column, column_names, to_sql
+from linreg.errors import InputError
+from linreg.features.expression import Call, Column, canonical, column_names, to_sql
+from linreg.features.spec import Features
 from linreg.inputs.schema import Columns
 from linreg.inputs.sql import quote
 
@@ -51,3 +53,16 @@ def feature_sql(columns: Columns, alias: str) -> list[str]:
             sql = _unless_null(to_sql(tree, lambda n: f"{alias}.{quote(n)}"), column_names(tree), "row", alias)
         items.append(f"{sql} AS {quote(term)}")
     return items
+
+
+def domain_error(spec: Features, term: str, examples: str, where: str) -> InputError:
+    """The error of a feature that is not finite though its inputs are: the expression `term`, what it is
+    computed from (columns, named aggregates), example keys and `where` (the table, and its files if known)."""
+    tree = spec.trees[spec.terms.index(term)]
+    used = [f"{n}={canonical(spec.named[n])}" if n in spec.named else n for n in column_names(tree)]
+    return InputError(
+        f"Feature {term!r} (from {', '.join(used)}) is not a finite number in the rows with keys {examples} of "
+        f"the {where}, though every input value there is finite: a value is outside the domain of a function or "
+        "operator (log of a value <= 0, sqrt of a negative value, a division by zero, a negative number to a "
+        "fractional power) or the result overflows. Change the expression (for example log(x + 1)) or leave those "
+        "rows out of the input.")

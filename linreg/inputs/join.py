@@ -26,9 +26,9 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from linreg.errors import InputError, format_examples
-from linreg.features.expression import Column, canonical, column_names
+from linreg.features.expression import Column
 from linreg.inputs.buckets import FixedBatches, bucket_count, bucket_cuts, partition_inputs, value_bytes
-from linreg.inputs.derive import feature_sql, weather_sql
+from linreg.inputs.derive import domain_error, feature_sql, weather_sql
 from linreg.inputs.schema import Columns, key_kind
 from linreg.inputs.sql import MIN_DUCKDB_MEMORY, quote
 from linreg.inputs.tables import Table, is_input_fault
@@ -383,17 +383,10 @@ def _bad_value_error(weather: Table, yields: Table, columns: Columns, weight_col
     spec = columns.spec
     tree = spec.trees[columns.features.index(name)] if spec and name in columns.features else None
     if tree is not None and not (isinstance(tree, Column) and tree.name not in spec.named):
-        used = {n: spec.named.get(n) for n in column_names(tree)}
-        parts = [f"{n}={canonical(t)}" if t is not None else n for n, t in used.items()]
         first = bad.slice(0, 1).select(columns.keys).to_pylist()[0]
         files = [] if spec.aggregating else _files_holding(weather, columns.keys, first)
         where = f" (file(s) {format_examples(files, 3)})" if files else ""
-        return InputError(
-            f"Feature {name!r} (from {', '.join(parts)}) is not a finite number in the rows with keys {examples} of "
-            f"the {weather.describe()}{where}, though every input value there is finite: a value is outside the "
-            "domain of a function or operator (log of a value <= 0, sqrt of a negative value, a division by zero, "
-            "a negative number to a fractional power) or the result overflows. Change the expression (for example "
-            "log(x + 1)) or leave those rows out of the input.")
+        return domain_error(spec, name, examples, weather.describe() + where)
     return InputError(f"Column {name!r} is null, NaN or infinite after the join (and --aggregate) in rows with keys "
                       f"{examples}, though every input value is finite: an aggregate overflowed. Rescale the column.")
 

@@ -28,6 +28,7 @@ from linreg.config import check_run_id, decide_run_id
 from linreg.errors import InputError, format_examples
 from linreg.inputs.batches import matrix
 from linreg.features.spec import parse_features
+from linreg.inputs.derive import domain_error, feature_sql, weather_sql
 from linreg.inputs.checks import MAX_EXAMPLES, bad_mask, check_values, example_keys
 from linreg.inputs.schema import SCHEMA_VERSION, Columns, pred_column
 from linreg.inputs.tables import Table, fingerprint, open_table
@@ -141,7 +142,6 @@ def feature_batches(table: Table, columns: Columns, work_dir: str) -> Iterator[p
     if columns.spec.plain:
         yield from table.batches(list(dict.fromkeys(columns.keys + columns.features)))
         return
-    from linreg.inputs.derive import feature_sql, weather_sql
     from linreg.inputs.join import connect, register
     from linreg.inputs.sql import MIN_DUCKDB_MEMORY, quote
 
@@ -161,10 +161,7 @@ def _check_batch(table: Table, columns: Columns, batch: pa.RecordBatch) -> None:
         mask = bad_mask(batch.column(term), is_key=False)
         if mask is not None:
             examples = example_keys(batch.filter(mask), columns.keys, MAX_EXAMPLES)
-            raise InputError(f"Feature {term!r} is not a finite number in the rows with keys "
-                             f"{format_examples(examples)} of the {table.describe()}, though every input value there "
-                             "is finite: a value is outside the domain of a function or operator (log of a value "
-                             "<= 0, sqrt of a negative value, a division by zero) or the result overflows.")
+            raise domain_error(columns.spec, term, format_examples(examples), table.describe())
 
 
 def scores_schema(key_fields: list[pa.Field], targets: list[str]) -> pa.Schema:

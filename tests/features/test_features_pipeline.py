@@ -227,3 +227,15 @@ def test_the_gradient_trainers_fit_expressions_too(yearly, tmp_path):
     design = np.column_stack([X[:, 0], X[:, 4], np.ones(len(X))])
     expected = np.linalg.lstsq(design, apples, rcond=None)[0]
     np.testing.assert_allclose(list(summary.weights["apples"].values()), expected, rtol=0.05)
+
+
+def test_scoring_names_an_expression_outside_its_domain_as_training_does(yearly, tmp_path):
+    out, _, _ = yearly
+    steps.run(_config(out, tmp_path, features=["temp", "log(rainfall)"], run_id="logs"))
+    w = write(tmp_path / "new.parquet", region=["N1", "N2"], year=[2010, 2010], temp=[10.0, 12.0],
+              rainfall=[5.0, 0.0], humidity=[0.5, 0.5])
+    with pytest.raises(InputError, match=r"Feature 'log\(rainfall\)' \(from rainfall\) is not a finite number in the "
+                                         r"rows with keys \('N2', 2010\) of the weather table .*domain"):
+        score(ScoreConfig(model=str(tmp_path / "o"), weather=w, output=str(tmp_path / "s"),
+                          allow_extra_columns=True))
+    assert not (tmp_path / "s" / "scores").exists()

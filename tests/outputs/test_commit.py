@@ -36,7 +36,7 @@ import pytest
 from linreg.errors import EXIT_CONFLICT
 from linreg.outputs import commit, locks
 from tests.conftest import REPO
-from tests.outputs.cv_committer import declared
+from tests.reliability_committer import declared
 
 LONG = os.environ.get("LINREG_LONG_TESTS") == "1"
 KILLED = -9  # subprocess return code of a SIGKILLed process
@@ -44,15 +44,10 @@ KILLED = -9  # subprocess return code of a SIGKILLed process
 
 def committer(output, run_id, writer, *, rows=10, parts=1, kill_at=0, ready_dir=None, wait_for=0,
               recover_only=False, count_ops=False, popen=False, cv=None):
-    """Run tests/reliability_committer.py; with cv True or False, tests/outputs/cv_committer.py (a run with or
-    without a cv partition, its files naming their run's datasets; one part per dataset)."""
-    if cv is not None:
-        args = [sys.executable, "-m", "tests.outputs.cv_committer", "--output", output, "--run-id", run_id,
-                "--writer", writer, "--rows", str(rows), "--kill-at", str(kill_at)]
-        args += ["--cv"] * cv + ["--count-ops"] * count_ops
-        return subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=120)
+    """Run tests/reliability_committer.py; with cv True a cross-validated run (a cv partition too)."""
     args = [sys.executable, "-m", "tests.reliability_committer", "--output", output, "--run-id", run_id,
             "--writer", writer, "--rows", str(rows), "--parts", str(parts), "--kill-at", str(kill_at)]
+    args += ["--cv"] * bool(cv)
     if ready_dir:
         args += ["--ready-dir", ready_dir, "--wait-for", str(wait_for)]
     args += ["--recover-only"] * recover_only + ["--count-ops"] * count_ops
@@ -110,7 +105,7 @@ def visible(output: str, *, all_readers: bool = True) -> dict:
 
 def check_whole(output: str, *, all_readers: bool = True) -> dict:
     """Every visible partition is whole and from one writer; every listed run is whole in every dataset of its
-    kind (`cv_committer.declared`: cv only for a cross-validated run), one writer, and absent from the others."""
+    kind (`tests.reliability_committer.declared`: cv only for a cross-validated run), one writer, and absent from the others."""
     state = visible(output, all_readers=all_readers)
     for dataset, runs in state.items():
         for run_id, (rows, expected, writers) in runs.items():
@@ -176,7 +171,7 @@ def output(request, tmp_path):
 def kill_and_check(output, run_id, writer, k, *, parts, double_fault=0, cv=None):
     """Kill a commit of `run_id` at operation k (and, with double_fault=j, its recovery at operation j); check
     the state after the kill(s) and after recovery; return the number of processes killed (1 or 2). cv: the
-    committer of tests/outputs/cv_committer.py, committing a run with (True) or without (False) cv."""
+    committer commits a run with (True) or without (False/None) cv."""
     before = snapshot(output)
     listed = runs_writer(output, run_id)
     result = committer(output, run_id, writer, kill_at=k, parts=parts, cv=cv)

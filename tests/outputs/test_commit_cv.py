@@ -4,7 +4,7 @@ with or without cross-validation) is recovered as the other datasets are, locall
 in half; and a run id whose cross-validated run is replaced by one without cross-validation shows no cv
 partition, at any instant a reader looks while the new run is listed, nor after recovery.
 
-The committer is tests/outputs/cv_committer.py (tests/reliability_committer.py's run, plus a cv partition);
+The committer is tests/reliability_committer.py with --cv (its run, plus a cv partition);
 the checks are tests/outputs/test_commit.py's, which know each listed run's datasets from its files' metadata.
 """
 
@@ -19,7 +19,7 @@ import pytest
 
 from linreg.inputs.schema import cv_schema
 from linreg.outputs import commit
-from tests.outputs import cv_committer
+from tests import reliability_committer
 from tests.outputs.test_commit import KILLED, LONG, check_recovered, committer, forget, kill_and_check, snapshot
 
 # the run id's committed run before the commit (None: a new id; else whether it cross-validated), and whether
@@ -77,7 +77,7 @@ def test_a_cross_validated_run_commits_five_datasets_cv_before_the_runs_index(ou
     """In process: the journal names all five datasets; at every file operation of the commit the run's
     partitions appear in commit order, cv before the runs entry, which comes last."""
     staging = commit.Staging.create(output, "cv-run", datasets=commit.DATASETS_WITH_CV)
-    tables = cv_committer.tables("cv-run", "w", 7, cv=True)
+    tables = reliability_committer.tables("cv-run", "w", 7, cv=True)
     tables[commit.CV] = pa.Table.from_pylist([{"l2": 0.0, "fold": f, "target": t, "mse": 1.0 + (f or 0), "rows": 3}
                                               for f in (0, 1, None) for t in ("apples", None)], schema=cv_schema())
     for dataset, table in tables.items():
