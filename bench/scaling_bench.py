@@ -8,9 +8,10 @@
    second of the whole job, and the speed-up (rows/s with 2 ranks over rows/s with 1).
 2. Communication per step: with 2 ranks, the time of one all-reduce of the model's gradients (as DDP does
    once per step) over the time of one training step.
-3. The cost of sharding when the inputs are not partitioned by region: the join of one rank's shard (every
-   rank scans the key column of every file and filters by the region hash) over the join of all rows in
-   one process, and the same for inputs hive-partitioned by region (a rank reads only its files).
+3. The join of one rank's shard (2 ranks) over the join of all rows in one process (one DuckDB thread each,
+   footers read included), for three layouts: files sorted by region (ranks take ranges of regions and read
+   only their row groups), hive-partitioned by region (a rank reads only its files), and rows shuffled
+   across files (every rank scans the key columns of every file and filters by the region hash).
 """
 
 from __future__ import annotations
@@ -90,16 +91,31 @@ def join_seconds(weather: str, yields: str, world: int, rank: int, work: str) ->
     from linreg.inputs.schema import resolve_columns
     from linreg.inputs.tables import open_table
 
+    start = time.perf_counter()
     w, y = open_table(weather, "weather"), open_table(yields, "yields")
     columns = resolve_columns(w, y, features=FEATURES, targets=TARGETS, keys=None)
-    w, _ = shard.restrict(w, columns.region, rank, world)
-    y, _ = shard.restrict(y, columns.region, rank, world)
-    con = connect(work, 2 << 30)
-    start = time.perf_counter()
+    sharding = shard.plan_sharding(w, y, columns.region, world)
+    w, _ = shard.restrict(w, columns.region, rank, sharding)
+    y, _ = shard.restrict(y, columns.region, rank, sharding)
+    con = connect(work, 2 << 30, threads=1)
     join_tables(con, w, y, columns, os.path.join(work, f"joined-{world}-{rank}.parquet"), max_drop_fraction=1.0,
-                row_filter=shard.sql_predicate(columns.region, rank, world), check=False)
+                row_filter=sharding.predicate(columns.region, rank), filter_rows=sharding.by_range, check=False,
+                ordered=False)
     con.close()
     return time.perf_counter() - start
+
+
+def shuffle_files(directory: Path, seed: int = 0) -> None:
+    """Rewrite a table's files with its rows shuffled across them (every file then holds every region's
+    range, as with one file per year): the layout whose ranks fall back to the region hash."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    files = sorted(directory.glob("*.parquet"))
+    table = pq.read_table(files)
+    table = table.take(np.random.default_rng(seed).permutation(table.num_rows))
+    for i, (file, part) in enumerate(zip(files, np.array_split(np.arange(table.num_rows), len(files)))):
+        pq.write_table(table.slice(int(part[0]), len(part)) if len(part) else table.slice(0, 0), file)
 
 
 def main() -> None:
@@ -123,11 +139,15 @@ def main() -> None:
     from datagen.synth import generate
 
     with tempfile.TemporaryDirectory(prefix="linreg-scaling-") as tmp:
-        flat, parted = Path(tmp) / "flat", Path(tmp) / "parted"
+        flat, parted, shuffled = Path(tmp) / "flat", Path(tmp) / "parted", Path(tmp) / "shuffled"
         regions = max(args.join_rows // 1000, 4)
         generate(flat, rows=args.join_rows, regions=regions)
         generate(parted, rows=args.join_rows, regions=regions, partition_by_region=True)
-        for name, data in (("not partitioned", flat), ("partitioned by region", parted)):
+        generate(shuffled, rows=args.join_rows, regions=regions)
+        for table in ("weather", "yields"):
+            shuffle_files(shuffled / table)
+        for name, data in (("files sorted by region", flat), ("partitioned by region", parted),
+                           ("rows shuffled across files", shuffled)):
             w, y = str(data / "weather"), str(data / "yields")
             whole = join_seconds(w, y, 1, 0, tmp)
             shard0 = join_seconds(w, y, 2, 0, tmp)

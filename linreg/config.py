@@ -267,6 +267,14 @@ class TrainConfig(BaseModel):
         return self
 
 
+def usable_cpus() -> int:
+    """Processors this process may run on (its affinity: `taskset`, cgroups' cpusets), not the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # no affinity on this platform (macOS)
+        return os.cpu_count() or 1
+
+
 _UNITS = {"": 1, "B": 1, "KB": 2**10, "MB": 2**20, "GB": 2**30, "TB": 2**40,
           "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
 

@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from linreg.config import usable_cpus
 from linreg.errors import InputError, format_examples
 from linreg.features.expression import Column
 from linreg.inputs.buckets import FixedBatches, bucket_count, bucket_cuts, partition_inputs, value_bytes
@@ -62,9 +63,10 @@ class JoinResult:
         return self.yields_rows - self.joined_rows
 
 
-def connect(work_dir: str, memory_limit_bytes: int) -> duckdb.DuckDBPyConnection:
+def connect(work_dir: str, memory_limit_bytes: int, threads: int | None = None) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection that spills to `work_dir` and stays within `memory_limit_bytes` (at least 128MB:
-    below that DuckDB cannot join and sort even when spilling)."""
+    below that DuckDB cannot join and sort even when spilling), on at most `threads` threads (default: the
+    processors this process may use)."""
     spill = os.path.join(work_dir, "duckdb-spill")
     os.makedirs(spill, exist_ok=True)
     limit_mb = max(memory_limit_bytes, MIN_DUCKDB_MEMORY) // 2**20
@@ -73,7 +75,7 @@ def connect(work_dir: str, memory_limit_bytes: int) -> duckdb.DuckDBPyConnection
         "temp_directory": spill,
         # each thread of a sort or join pins its own blocks: at 128MB two threads ran out of memory sorting
         # 10M joined rows even when spilling, one did not
-        "threads": max(1, min(os.cpu_count() or 1, limit_mb // 128)),
+        "threads": max(1, min(threads or usable_cpus(), limit_mb // 128)),
         "preserve_insertion_order": False,  # the join orders its output explicitly; this lets DuckDB spill more
     })
     con.execute("SET enable_progress_bar = false")  # the passes log their own progress (linreg.pipeline.progress)
@@ -109,15 +111,17 @@ def _files_holding(table: Table, keys: list[str], row: dict) -> list[str]:
             if frag.to_table(schema=table.schema, columns=keys[:1], filter=expr).num_rows]
 
 
-def register(con: duckdb.DuckDBPyConnection, view: str, table: Table) -> None:
-    """Expose `table` to DuckDB as `view`: local files through DuckDB's own Parquet reader (its memory is
-    within DuckDB's limit, and it is faster); other filesystems through the pyarrow dataset."""
+def register(con: duckdb.DuckDBPyConnection, view: str, table: Table, where: str | None = None) -> None:
+    """Expose `table` to DuckDB as `view` (its rows where the condition `where` holds, if given): local files
+    through DuckDB's own Parquet reader (its memory is within DuckDB's limit, and it is faster); other
+    filesystems through the pyarrow dataset."""
     if isinstance(table.filesystem, pafs.LocalFileSystem):
         files = ", ".join("'" + f.replace("'", "''") + "'" for f in table.files)
-        con.execute(f"CREATE OR REPLACE TEMP VIEW {view} AS SELECT * FROM read_parquet([{files}], "
-                    "hive_partitioning = true, union_by_name = true)")
+        source = f"read_parquet([{files}], hive_partitioning = true, union_by_name = true)"
     else:
-        con.register(view, table.dataset)
+        source = f"linreg_dataset_{view}"
+        con.register(source, table.dataset)
+    con.execute(f"CREATE OR REPLACE TEMP VIEW {view} AS SELECT * FROM {source}" + (f" WHERE {where}" if where else ""))
 
 
 def join_tables(con: duckdb.DuckDBPyConnection, weather: Table, yields: Table, columns: Columns,
@@ -159,7 +163,8 @@ def _as_input_error(exc: BaseException, weather: Table, yields: Table) -> BaseEx
 def _join_tables(con: duckdb.DuckDBPyConnection, weather: Table, yields: Table, columns: Columns,
                  out_path: str, *, max_drop_fraction: float, weight_column: str | None = None,
                  row_filter: str | None = None, check: bool = True,
-                 ordered: bool = True, memory_limit: int = 256 * 2**20, buckets: int | None = None) -> JoinResult:
+                 ordered: bool = True, memory_limit: int = 256 * 2**20, buckets: int | None = None,
+                 filter_rows: bool = False, threads: int | None = None) -> JoinResult:
     """Check the keys, join, write the joined rows to `out_path` (Arrow IPC), and check the drop rate.
 
     One pass: DuckDB joins (out of core) and hands back Arrow record batches, which are checked (null, NaN
@@ -170,7 +175,9 @@ def _join_tables(con: duckdb.DuckDBPyConnection, weather: Table, yields: Table, 
 
     ordered: rows sorted by keys (what the gradient trainers need to be reproducible; the exact solver is
     independent of row order, so it skips the sort). row_filter: a DuckDB condition on the region column
-    keeping one rank's regions of both tables (`linreg.inputs.shard.sql_predicate`); check=False leaves the
+    keeping one rank's regions of both tables (`linreg.inputs.shard.Sharding.predicate`), evaluated on every
+    row when `filter_rows` (a range of regions, which DuckDB also checks against the row groups' statistics),
+    else once per distinct region (`rank_regions`: the md5 hash); check=False leaves the
     no-rows and drop-rate checks to the caller (`check_drops` on all ranks' totals). memory_limit (bytes): DuckDB's limit, for the
     duplicate check and the number of buckets.
 
@@ -184,13 +191,13 @@ def _join_tables(con: duckdb.DuckDBPyConnection, weather: Table, yields: Table, 
     DuckDB; duplicate weather keys are then expected.
     """
     aggregate = bool(columns.spec and columns.spec.aggregating)
-    if row_filter:  # one rank's regions: the counts below are then this rank's
+    if row_filter and not filter_rows:  # one rank's regions by hash: the counts below are then this rank's
         register(con, "weather_input", weather)
         register(con, "yields_input", yields)
         weather_regions, yields_regions = rank_regions(con, columns, row_filter, weather, yields)
     else:
-        register(con, "weather_rows", weather)
-        register(con, "yields", yields)
+        register(con, "weather_rows", weather, row_filter)
+        register(con, "yields", yields, row_filter)
         weather_regions, yields_regions = (check_key_values(con, table, view, columns.keys, columns.region)
                                            for table, view in ((weather, "weather_rows"), (yields, "yields")))
     regions, region_rows = region_index(weather_regions, yields_regions)
@@ -214,7 +221,7 @@ def _join_tables(con: duckdb.DuckDBPyConnection, weather: Table, yields: Table, 
         if not ordered:
             # the partition pass keeps `connect`'s threads; a bucket's unsorted hash join spills within the limit on
             # every core (no sort pins blocks per thread). 100M rows at 128MB: the whole join 156 s against 185 s.
-            con.execute(f"SET threads = {os.cpu_count() or 1}")
+            con.execute(f"SET threads = {threads or usable_cpus()}")
     else:
         partitioned = None
     hash_path = out_path + ".keyhash"

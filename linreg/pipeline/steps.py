@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 
 import linreg
 from linreg import redact
-from linreg.config import TrainConfig, decide_run_id
+from linreg.config import TrainConfig, decide_run_id, usable_cpus
 from linreg.errors import InputError
 from linreg.inputs import shard
 from linreg.inputs.batches import matrix, read_batches
@@ -122,10 +122,14 @@ def join_inputs(plan: RunPlan, cluster: Cluster | None = None) -> JoinResult:
     cluster = cluster or dist.single_process()
     start = time.perf_counter()
     config, columns = plan.config, plan.columns
-    weather, weather_checked = shard.rank_share(open_table(config.weather, "weather"), columns.region,
-                                                cluster.rank, cluster.world_size)
-    yields, yields_checked = shard.rank_share(open_table(config.yields, "yields"), columns.region,
-                                              cluster.rank, cluster.world_size)
+    weather, yields = open_table(config.weather, "weather"), open_table(config.yields, "yields")
+    # rank 0 decides how ranks split the regions (from the footers just read), and every rank follows it
+    sharding = cluster.broadcast_object(shard.plan_sharding(weather, yields, columns.region, cluster.world_size)
+                                        if cluster.is_main else None)
+    if cluster.is_main and cluster.distributed:
+        log.info("%d ranks split the regions %s", cluster.world_size, sharding.describe())
+    weather, weather_checked = shard.rank_share(weather, columns.region, cluster.rank, sharding)
+    yields, yields_checked = shard.rank_share(yields, columns.region, cluster.rank, sharding)
 
     def join(con) -> JoinResult:  # values are checked on the joined rows, and their files named, by join_tables
         if config.weight_column:
@@ -133,11 +137,12 @@ def join_inputs(plan: RunPlan, cluster: Cluster | None = None) -> JoinResult:
         return join_tables(con, weather, yields, columns, os.path.join(plan.work_dir, "joined.arrow"),
                            max_drop_fraction=config.max_drop_fraction,
                            weight_column=config.weight_column,
-                           row_filter=shard.sql_predicate(columns.region, cluster.rank, cluster.world_size),
+                           row_filter=sharding.predicate(columns.region, cluster.rank),
+                           filter_rows=sharding.by_range,
                            check=False, ordered=config.trainer != "exact",
-                           memory_limit=rank_budget(config, cluster) // 2)
+                           memory_limit=rank_budget(config, cluster) // 2, threads=rank_cpus(cluster))
 
-    con = connect(plan.work_dir, rank_budget(config, cluster) // 2)
+    con = connect(plan.work_dir, rank_budget(config, cluster) // 2, threads=rank_cpus(cluster))
     try:
         joined = on_every_rank(cluster, lambda: join(con))
         total = global_join(cluster, joined)
@@ -156,6 +161,12 @@ def rank_budget(config: TrainConfig, cluster: Cluster | None = None) -> int:
     """Bytes this rank may use: --memory-budget is what the job may use on a machine, shared by its local
     ranks (four ranks at the default 25% take 25% of RAM together, not all of it)."""
     return config.memory_budget_bytes() // dist.local_ranks(cluster or dist.single_process())
+
+
+def rank_cpus(cluster: Cluster | None = None) -> int:
+    """Processors this rank may keep busy: those this process may run on, shared by the machine's local ranks
+    (two ranks on two cores get one each; a process pinned to one core gets one)."""
+    return max(1, usable_cpus() // dist.local_ranks(cluster or dist.single_process()))
 
 
 def on_every_rank(cluster: Cluster, step):
@@ -444,3 +455,4 @@ def run(config: TrainConfig, *, attempt: Callable[[Callable[[], Any], str], Any]
     if then is not None:
         then(plan, fit, evaluation)
     return summary
+
