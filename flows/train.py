@@ -22,9 +22,9 @@ import sys
 
 if __name__ == "__main__" and "RANK" in os.environ and "LOCAL_RANK" in os.environ:
     # A rank of `torchrun -m flows.train`: run this rank's share of the job, without Prefect (not imported).
-    from linreg.launch.job import rank_main
+    from linreg.launch.job import exit_now, rank_main
 
-    sys.exit(rank_main(sys.argv[1:]))
+    exit_now(rank_main(sys.argv[1:]))
 if __name__ == "__main__":
     from linreg.config import argv_launches_ranks
 

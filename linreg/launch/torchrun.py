@@ -1,12 +1,14 @@
-"""Launch a data-parallel job with torch's own launcher (`python -m torch.distributed.run`, i.e. torchrun).
+"""Launch a data-parallel job: on one machine with `linreg.launch.local` (the ranks start at once), on several
+with torch's own launcher (`python -m torch.distributed.run`, i.e. torchrun, for its rendezvous).
 
-`launch` starts torchrun with the job's ranks, streams every output line (ranks name themselves:
+`launch` starts the job's ranks, streams every output line (ranks name themselves:
 '[rank 1] INFO ...') to a callback as it comes (the Prefect task logs them into the flow run's log), and,
-when the job fails, raises the failing rank's own error instead of torchrun's "exit code 1":
+when the job fails, raises the failing rank's own error instead of the launcher's "exit code 1":
 - an InputError of any rank (bad data) is raised as an InputError (exit code 2), message unchanged;
 - a rank that hung (stopped with SIGSTOP, stuck): the others fail after --dist-timeout-seconds in their
-  next collective, torchrun stops the job, and the rank still alive SHUTDOWN_SECONDS after torchrun's
-  SIGTERM is killed (`Reaper`) and named as the hung one, with its state (stopped, stuck);
+  next collective, the launcher stops the job, and the rank still alive SHUTDOWN_SECONDS after its
+  SIGTERM is killed (by `linreg.launch.local`, or `Reaper` under torchrun) and named as the hung one, with
+  its state (stopped, stuck);
 - a rank killed by a signal (the OOM killer, SIGKILL) is named with its signal;
 - otherwise the earliest error a rank recorded (`linreg.launch.job` writes $LINREG_ERROR_DIR/rank-<r>.json).
 After a failure the staging areas of the run's attempts are removed (snapshots stay, to resume).
@@ -37,6 +39,7 @@ from typing import Callable
 
 from linreg import redact
 from linreg.config import TrainConfig
+from linreg.launch import identity, local
 from linreg.errors import EXIT_OK, InputError, report_error
 
 DEFAULT_RDZV_PORT = 29400
@@ -50,10 +53,15 @@ class JobFailed(RuntimeError):
     """The distributed job failed; the message is the failing rank's own."""
 
 
+def is_local(config: TrainConfig) -> bool:
+    """A job on this machine alone (`linreg.launch.local` starts its ranks); else torchrun, for its rendezvous."""
+    return config.nnodes == 1 and not config.rdzv_endpoint
+
+
 def torchrun_command(config: TrainConfig, rank_args: list[str]) -> list[str]:
     """`python -m torch.distributed.run <launcher options> <rank_args>` for the job's configuration."""
     command = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={config.nproc_per_node or 1}",
-               f"--max-restarts={config.max_restarts}", "--monitor-interval=0.5",
+               f"--max-restarts={config.max_restarts}", "--monitor-interval=0.1",
                f"--shutdown-timeout={SHUTDOWN_SECONDS}"]
     if config.nnodes == 1 and not config.rdzv_endpoint:
         command.append("--standalone")  # a local rendezvous on a free port
@@ -85,15 +93,30 @@ def launch(config: TrainConfig, rank_args: list[str], *, on_line: Callable[[str]
     environment["PYTHONPATH"] = os.pathsep.join(p for p in (root, environment.get("PYTHONPATH")) if p)
     tail: collections.deque[str] = collections.deque(maxlen=400)
     reaper = None
+
+    def line_seen(line: str) -> None:
+        line = redact.redact(line)
+        tail.append(line)
+        on_line(line)
+
     try:
+        if is_local(config):  # one machine: the ranks start at once, without torchrun's agent
+            try:
+                ended = local.run(config.nproc_per_node or 1, rank_args, environment, line_seen, cwd=cwd,
+                                  max_restarts=config.max_restarts, grace=SHUTDOWN_SECONDS, rdzv_id=config.rdzv_id)
+            except local.Stopped as exc:
+                raise JobFailed(f"the launcher was stopped ({exc}); its ranks were stopped and nothing was "
+                                "committed") from None
+            if not ended.ok:
+                raise failure(1, error_dir, list(tail), timeout=config.dist_timeout_seconds,
+                              report=ended.failures, hung=ended.hung)
+            return
         with subprocess.Popen(torchrun_command(config, rank_args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True, bufsize=1, env=environment, cwd=cwd) as proc:
             reaper = Reaper(proc.pid)
             for line in proc.stdout:
-                line = redact.redact(line.rstrip("\n"))
-                tail.append(line)
                 reaper.saw(line)
-                on_line(line)
+                line_seen(line.rstrip("\n"))
             code = proc.wait()
         reaper.stop()
         if code != 0:
@@ -143,9 +166,12 @@ class Reaper:
 
 
 def failure(code: int, error_dir: str, tail: list[str], *, timeout: float | None = None,
-            killed: dict[int, str] | None = None) -> Exception:
-    """The job's error from the ranks' error records and torchrun's failure report (`timeout`: the job's
-    --dist-timeout-seconds, named when a rank hung; `killed`: pid -> state of the ranks `Reaper` killed)."""
+            killed: dict[int, str] | None = None, report: list[tuple[int, int, int]] | None = None,
+            hung: dict[int, str] | None = None) -> Exception:
+    """The job's error from the ranks' error records and the launcher's failure report (`timeout`: the job's
+    --dist-timeout-seconds, named when a rank hung). From torchrun: its report read off its lines `tail`
+    and `killed` (pid -> state of the ranks `Reaper` killed); from `linreg.launch.local`: `report` (rank,
+    exit code, pid) and `hung` (rank -> state), as it saw them."""
     records = []
     for path in glob.glob(os.path.join(error_dir, "rank-*.json")):
         with open(path) as f:
@@ -156,8 +182,8 @@ def failure(code: int, error_dir: str, tail: list[str], *, timeout: float | None
         return InputError(inputs[0]["message"])
     waited = f"--dist-timeout-seconds={timeout:g}" if timeout is not None else "--dist-timeout-seconds"
     timed_out = [r for r in records if is_timeout(r["message"])]
-    hung = unresponsive_ranks(tail, killed)
-    reported = torchrun_failures(tail)
+    hung = unresponsive_ranks(tail, killed) if hung is None else hung
+    reported = [(rank, exitcode) for rank, exitcode, _ in (torchrun_report(tail) if report is None else report)]
     for rank, exitcode in reported:  # killed by a signal from outside the job: the root cause
         if exitcode < 0 and -exitcode != signal.SIGTERM and rank not in hung:
             name = signal.Signals(-exitcode).name if -exitcode in signal.Signals._value2member_map_ else -exitcode
@@ -186,7 +212,8 @@ def failure(code: int, error_dir: str, tail: list[str], *, timeout: float | None
         rank, exitcode = reported[0]
         return JobFailed(f"rank {rank} exited with code {exitcode}; the job stopped and nothing was committed. "
                          "Last lines:\n" + "\n".join(tail[-20:]))
-    return JobFailed(f"torchrun exited with code {code}; nothing was committed. Last lines:\n" + "\n".join(tail[-20:]))
+    return JobFailed(f"the launcher exited with code {code}; nothing was committed. Last lines:\n"
+                     + "\n".join(tail[-20:]))
 
 
 def _describe(record: dict) -> str:
@@ -196,11 +223,6 @@ def _describe(record: dict) -> str:
 def _message(record: dict) -> str:
     """A rank's error message without the C++ source location torch prefixes ('[/__w/.../x.cc:78] ')."""
     return re.sub(r"^\[[^\]\s]*\.(?:cc|cpp|h|hpp):\d+\]\s*", "", record["message"])
-
-
-def torchrun_failures(lines: list[str]) -> list[tuple[int, int]]:
-    """(rank, exit code) of every failure in torchrun's report ('rank : 1 (local_rank: 1)', 'exitcode : -9')."""
-    return [(rank, exitcode) for rank, exitcode, _ in torchrun_report(lines)]
 
 
 def torchrun_report(lines: list[str]) -> list[tuple[int, int, int | None]]:
@@ -244,10 +266,8 @@ def cleanup(config: TrainConfig, run_id: str) -> None:
 
 def cli(config: TrainConfig, argv: list[str]) -> int:
     """`python -m flows.train --nproc-per-node N ...`: launch the job, print its lines, return the exit code."""
-    from linreg.launch import job
-
     try:
-        run_id = job.job_run_id(config)
+        run_id = identity.job_run_id(config)
     except InputError as exc:
         return report_error(exc)
     config = redact.protect_config(config.model_copy(update={"run_id": run_id}))
