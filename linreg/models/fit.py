@@ -112,7 +112,7 @@ def fit(batches: Iterable[tuple[np.ndarray, ...]] | Callable[[], Iterable[tuple[
 
     stream, memory_limit (bytes): when the gradient trainers' float32 rows would exceed memory_limit,
     `stream(shift, scale, n_rows, mean_weight)` -> `linreg.inputs.stream.StreamedRows` re-reads the training rows
-    every epoch instead (one process; with several ranks each rank's shard stays in memory).
+    every epoch instead (memory_limit is a rank's: when one rank's rows exceed it, every rank streams its own).
 
     cluster: with several ranks, each passes its own shard's batches; the exact factor and the moments are
     merged across ranks (`linreg.parallel.merge`), so the solution, standardization and learning rate equal one
@@ -121,8 +121,7 @@ def fit(batches: Iterable[tuple[np.ndarray, ...]] | Callable[[], Iterable[tuple[
     gradient = _check(trainer, cv_folds, l2s)
     cluster = cluster or dist.single_process(options.device if gradient else "cpu")
     passes = batches if callable(batches) else None
-    # streaming is for one process: with several ranks each rank's shard stays in memory
-    can_stream = stream is not None and memory_limit is not None and not cluster.distributed
+    can_stream = stream is not None and memory_limit is not None
     seen = _accumulate(passes() if passes else batches, len(features), len(targets), options.fit_intercept,
                        gradient=gradient, two_pass=passes is not None,
                        memory_limit=memory_limit if can_stream else None, cluster=cluster, cv_folds=cv_folds)
@@ -185,6 +184,7 @@ class Seen:
     high: np.ndarray
     weighted: bool = False
     parts: list[np.ndarray] | None = field(default_factory=list)
+    n_local: int = 0  # this rank's rows (the moments count all ranks')
     folds: list[ExactAccumulator] | None = None
     fold_weights: np.ndarray | None = None
 
@@ -216,6 +216,7 @@ def _accumulate(batches, p: int, k: int, fit_intercept: bool, *, gradient: bool,
         seen.y.update(Y, w)
         if len(X):  # bound the largest row norm when streaming
             seen.low, seen.high = np.minimum(seen.low, X.min(axis=0)), np.maximum(seen.high, X.max(axis=0))
+        seen.n_local += X.shape[0]
         held += X.shape[0] * (p + k + 1) * 4
         if seen.parts is not None and memory_limit is not None and held > memory_limit:
             seen.parts = None
@@ -232,6 +233,8 @@ def _accumulate(batches, p: int, k: int, fit_intercept: bool, *, gradient: bool,
     seen.weighted = any(cluster.all_gather_object(seen.weighted))
     if gradient:
         seen.x, seen.y = merge.merge_moments(cluster, seen.x), merge.merge_moments(cluster, seen.y)
+        if memory_limit is not None and any(cluster.all_gather_object(seen.parts is None)):
+            seen.parts = None  # one rank's rows exceed its share: every rank streams (the same kind of steps)
     return seen
 
 

@@ -32,18 +32,20 @@ def train(seen: Seen, trainer: str, options: TrainOptions, cluster: dist.Cluster
     batch = step_rows(trainer, options.batch_size)
     generator = torch.Generator().manual_seed(options.seed)  # manual's weights and one-process shuffles
     model = ManualModel.draw(k, p, options.fit_intercept, generator, cluster.device) if trainer == "manual" else None
+    n_local = seen.n_local
     if seen.parts is None:
-        mean_weight = seen.x.weight / max(seen.x.n, 1) if seen.weighted else 1.0
-        rows = stream(shift, scale, seen.x.n, mean_weight)
-        source = StreamedSteps(rows, batch=batch, seed=options.seed, device=cluster.device)
+        mean_weight = seen.x.weight / max(seen.x.n, 1) if seen.weighted else 1.0  # over all ranks' rows
+        rows = stream(shift, scale, n_local, mean_weight)
+        source = StreamedSteps(rows, batch=batch, seed=options.seed, device=cluster.device, cluster=cluster,
+                               averaged=trainer == "nn")
         checkpoint = None  # streamed epochs are not snapshotted
         # a bound from each column's range: never larger than the true maximum
         far = np.maximum((seen.low - scaler.x_mean) ** 2, (seen.high - scaler.x_mean) ** 2) / scaler.x_scale ** 2
-        local_max, n_local = float(far.sum()), rows.n_rows
+        local_max = float(far.sum()) if n_local else -np.inf
     else:
         X, Y, w = _standardized_rows(seen, p, k, shift, scale, cluster.device)
         if options.lr is None:
-            local_max, n_local = (float((X * X).sum(dim=1).max()) if len(X) else -np.inf), len(X)
+            local_max = float((X * X).sum(dim=1).max()) if len(X) else -np.inf
         if trainer == "manual":
             source = ReshuffledRows(X, Y, w, batch=batch, cluster=cluster, seed=options.seed, generator=generator)
         else:
@@ -63,15 +65,15 @@ def train(seen: Seen, trainer: str, options: TrainOptions, cluster: dist.Cluster
         torch.manual_seed(options.seed)  # nn.Linear's initialization
         model = nn.Linear(p, k, bias=options.fit_intercept).to(cluster.device)
         # local SGD (--average-every > 1, several ranks): no collective per step, the models averaged instead
-        local = cluster.distributed and options.average_every > 1 and not isinstance(source, StreamedSteps)
-        if isinstance(source, StreamedSteps):  # one process; the update streamed epochs have always made
-            optimizer, forward = PlainSGD(model.parameters(), lr=lr), model
+        local = cluster.distributed and options.average_every > 1
+        if isinstance(source, StreamedSteps):  # the update streamed epochs have always made
+            optimizer = PlainSGD(model.parameters(), lr=lr)
         else:
             optimizer = torch.optim.SGD(model.parameters(), lr=lr)
-            forward = model if local else merge.data_parallel(model, cluster, source.X.device)
+        forward = model if local else merge.data_parallel(model, cluster, cluster.device)
         trained = TRAINERS[trainer](source, model, optimizer, schedule, epochs=options.epochs, forward=forward,
                                     penalty=penalty, checkpoint=checkpoint, generator=generator,
-                                    **({"average": merge.model_averager(model, cluster, len(source.X) / source.n_rows),
+                                    **({"average": merge.model_averager(model, cluster, n_local / source.n_rows),
                                         "average_every": options.average_every} if trainer == "nn" and local else {}))
     return trained, scaler, lr, seen.parts is None
 

@@ -149,19 +149,40 @@ class ShuffledOnceRows:
 
 
 class StreamedSteps:
-    """Rows re-read from disk every epoch (`linreg.inputs.stream.StreamedRows`, one process), shuffled through
-    a buffer, in blocks of `batch` rows (None: full batch, accumulated over blocks of STREAM_BATCH rows). The
-    epoch's loss is the mean of the block losses seen during the epoch, not a second pass."""
+    """Rows re-read from disk every epoch (`linreg.inputs.stream.StreamedRows`: this rank's rows), shuffled
+    through a buffer, in blocks of `batch` rows (None: full batch, accumulated over blocks of STREAM_BATCH
+    rows). With several ranks every rank takes the same steps (`merge.step_slices`: ceil(all rows / batch),
+    its share of each step proportional to its rows, empty blocks included), and `averaged` says whether the
+    ranks' gradients are averaged (nn under DDP: losses times the world size) or summed (manual). The epoch's
+    loss is the mean of the block losses seen during the epoch (summed over ranks), not a second pass."""
 
-    def __init__(self, rows: StreamedRows, *, batch: int | None, seed: int, device: torch.device):
+    def __init__(self, rows: StreamedRows, *, batch: int | None, seed: int, device: torch.device,
+                 cluster: Cluster | None = None, averaged: bool = False):
         self.rows, self.seed, self.device = rows, seed, device
-        self.n_rows, self.mean_weight = rows.n_rows, rows.mean_weight
+        self.cluster = cluster
+        self.world = 1 if cluster is None else cluster.world_size
+        self.n_rows = rows.n_rows if self.world == 1 else global_rows(rows.n_rows, cluster, device)
+        self.mean_weight = rows.mean_weight
         self.accumulates = batch is None
         self.block = STREAM_BATCH if batch is None else batch
+        self.scale = self.world if averaged else 1  # DDP divides the summed gradients by the world size
+        self.steps = None  # with several ranks, mini-batches: (this rank's rows, all ranks' rows) of each step
+        if self.world > 1 and not self.accumulates:
+            self.steps = [(hi - lo, rows) for lo, hi, rows in
+                          merge.step_slices(rows.n_rows, max(1, min(batch, self.n_rows)), self.n_rows, cluster)]
 
     def epoch(self, epoch: int):
-        blocks = ((X, Y, w, self.n_rows if self.accumulates else len(X))
-                  for X, Y, w in self.rows.epoch(epoch, self.seed, self.block, self.device))
+        if self.world == 1:
+            blocks = ((X, Y, w, self.n_rows if self.accumulates else len(X))
+                      for X, Y, w in self.rows.epoch(epoch, self.seed, self.block, self.device))
+        elif self.accumulates:
+            blocks = ((X, Y, w, self.n_rows) for X, Y, w in
+                      self.rows.epoch(epoch, self.seed, self.block, self.device, rank=self.cluster.rank))
+        else:
+            sizes = [m for m, _ in self.steps]
+            blocks = ((X, Y, w, rows) for (X, Y, w), (_, rows) in
+                      zip(self.rows.epoch(epoch, self.seed, self.block, self.device, rank=self.cluster.rank,
+                                          sizes=sizes), self.steps, strict=True))
         if self.accumulates:
             yield blocks
         else:
@@ -170,14 +191,22 @@ class StreamedSteps:
 
     def loss(self, pred: torch.Tensor, Y: torch.Tensor, w: torch.Tensor | None, rows: int) -> torch.Tensor:
         sq = (pred - Y) ** 2
-        return (sq.sum() if w is None else (w[:, None] * sq).sum()) / (rows * self.mean_weight * Y.shape[1])
+        loss = (sq.sum() if w is None else (w[:, None] * sq).sum()) / (rows * self.mean_weight * Y.shape[1])
+        return loss if self.scale == 1 else loss * self.scale
 
     def ridge(self, weight: torch.Tensor, penalty: torch.Tensor) -> torch.Tensor:
-        return (penalty * weight * weight).sum() / weight.shape[0]
+        """Once in the ranks' gradients: averaged (nn) as it is, summed (manual) a world_size-th on each rank."""
+        ridge = (penalty * weight * weight).sum() / weight.shape[0]
+        return ridge if self.world == self.scale else ridge / self.world
 
     def epoch_loss(self, blocks, weight: torch.Tensor, bias: torch.Tensor, penalty: torch.Tensor | None) -> float:
         data_loss = 0.0
-        for loss, m, _ in blocks:
-            data_loss += float(loss) * (1.0 if self.accumulates else m / self.n_rows)
+        if self.world == 1:
+            for loss, m, _ in blocks:
+                data_loss += float(loss) * (1.0 if self.accumulates else m / self.n_rows)
+        else:  # a block's loss times its step's rows / scale is its rows' sum of w * r^2 / (mean weight * k)
+            mine = sum(float(loss) * rows / self.scale for loss, _, rows in blocks)
+            data_loss = float(self.cluster.all_reduce_sum(torch.tensor(mine, dtype=torch.float64,
+                                                                       device=self.cluster.comm_device))) / self.n_rows
         ridge = 0.0 if penalty is None else float((penalty * weight.detach() ** 2).sum()) / weight.shape[0]
         return data_loss + ridge

@@ -482,3 +482,40 @@ def test_local_sgd_reaches_the_training_loss_of_one_process_with_fewer_collectiv
         assert mse[1] == pytest.approx(mse[0], rel=0.01), (every, mse)
         assert relative(two[0][1], one[1]) < 0.05  # mini-batches differ (each rank shuffles its own rows)
     assert one[4][-1] < 0.5 * one[4][0]  # it did train
+
+
+def _train(tmp_path, w, y, name, *options):
+    out = str(tmp_path / name)
+    result = subprocess.run([sys.executable, "-m", "flows.train", "--weather", w, "--yields", y, "--output", out,
+                             "--run-id", name, *options], cwd=REPO, env=env(), capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    weights = read(out, "weights", name).to_pandas().set_index(["target", "term"])["weight"]
+    return weights, result.stdout + result.stderr
+
+
+def test_ranks_stream_their_shards_beyond_their_budget(tmp_path):
+    """--memory-budget far below the rows: each of two ranks streams its own shard every epoch. Full-batch
+    gradient descent (manual, a fixed lr) takes the same steps as one process streaming all rows (to float32
+    summation order); nn with mini-batches (DDP and local SGD) reaches one process's training MSE within 1%."""
+    from datagen.synth import generate
+
+    generate(tmp_path / "data", rows=60_000, regions=600, files=8, seed=5)  # 1.4MB of float32 training rows
+    w, y = str(tmp_path / "data" / "weather"), str(tmp_path / "data" / "yields")
+    full_batch = ["--trainer", "manual", "--lr", "0.02", "--epochs", "40", "--tol", "0", "--memory-budget", "1MB"]
+    one, _ = _train(tmp_path, w, y, "one", *full_batch)
+    two, logs = _train(tmp_path, w, y, "two", *full_batch, "--nproc-per-node", "2")
+    assert {r for r in (0, 1) if re.search(rf"\[rank {r}\] .*streaming them from", logs)} == {0, 1}, logs
+    assert relative(two.loc[one.index], one) < 1e-5
+    exact_mse = None
+    for name, options in (("exact", ["--trainer", "exact"]),
+                          ("ddp", ["--trainer", "nn", "--nproc-per-node", "2", "--memory-budget", "1MB"]),
+                          ("local", ["--trainer", "nn", "--nproc-per-node", "2", "--memory-budget", "1MB",
+                                     "--average-every", "4"])):
+        _, logs = _train(tmp_path, w, y, name, *options, "--epochs", "30")
+        metrics = read(str(tmp_path / name), "metrics", name).to_pandas()
+        mse = metrics.query("split == 'train' and metric == 'mse' and region.isnull() and target.isnull()")["value"]
+        if exact_mse is None:
+            exact_mse = float(mse.iloc[0])
+        else:
+            assert "streaming them from" in logs and float(mse.iloc[0]) <= 1.01 * exact_mse, (name, mse, exact_mse)
