@@ -178,11 +178,11 @@ class TrainConfig(BaseModel):
                                 "epoch and RNG state every this many epochs (0: never).")
     resume: bool = Field(True, description="Resume from a snapshot of the same run id, configuration and inputs "
                          "(--no-resume starts over).", json_schema_extra=_cli(negate="--no-resume"))
-    average_every: int = Field(1, ge=1, description="nn trainer with several ranks: each rank steps on its own "
-                               "rows and the ranks' models are averaged every this many steps (local SGD), "
-                               "instead of an all-reduce of the gradients at every step (1: every step, one "
-                               "process's updates exactly). Fewer collectives; training MSE within 1% of one "
-                               "process's (docs/scaling.md).")
+    average_every: int = Field(16, ge=1, description="nn trainer with several ranks: each rank steps on its own "
+                               "rows and the ranks' models are averaged, weighted by rows, every this many steps and "
+                               "at the end of every epoch (local SGD: one collective per this many steps, not one per "
+                               "step); training MSE within 1% of one process's (docs/scaling.md). 1: DDP's all-reduce "
+                               "of every step's gradients, one process's updates exactly.")
     dist_timeout_seconds: float = Field(600.0, gt=0, description="A collective that waits longer than this for "
                                         "another rank (dead or hung) ends the job with an error.")
 

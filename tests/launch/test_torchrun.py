@@ -138,12 +138,13 @@ def test_full_batch_gradient_descent_is_the_same_with_one_and_two_ranks(tmp_path
     assert one[4][-1] < one[4][0]  # it did train
 
 
-def test_mini_batches_with_uneven_and_empty_shards_finish_together(tmp_path):
+@pytest.mark.parametrize("average_every", [1, 16])  # DDP, local SGD
+def test_mini_batches_with_uneven_and_empty_shards_finish_together(tmp_path, average_every):
     region, X, Y = skewed_rows(seed=2, regions=3)  # 3 regions on 4 ranks: at least one rank has no rows
-    options = TrainOptions(batch_size=64, epochs=6, tol=0, device="cpu")
+    options = TrainOptions(batch_size=64, epochs=6, tol=0, device="cpu", average_every=average_every)
     results = ok(run_ranks(tmp_path, 4, _fit_shard, region, X, Y, "nn", options))
     assert min(r[0] for r in results) == 0 and sum(r[0] for r in results) == len(X)
-    for r in results[1:]:  # DDP keeps the replicas equal; every rank ran the same number of epochs
+    for r in results[1:]:  # the replicas end equal; every rank ran the same number of epochs
         np.testing.assert_array_equal(r[1], results[0][1])
         assert r[4] == results[0][4]
 
@@ -303,12 +304,15 @@ def _rank_pid(marker: str, rank: int, timeout: float = 120) -> int:
     raise AssertionError(f"no rank {rank} process found")
 
 
+KILLED_JOB = ["--trainer", "nn", "--batch-size", "16", "--tol", "0", "--epochs", "12", "--snapshot-every", "1",
+              "--nproc-per-node", "2", "--dist-timeout-seconds", "60"]
+
+
 def _launch_and_kill(tmp_path, max_restarts):
     w, y = tables(tmp_path)
     out = str(tmp_path / "out")
-    command = [sys.executable, "-m", "flows.train", "--weather", w, "--yields", y, "--output", out, "--trainer", "nn",
-               "--batch-size", "16", "--tol", "0", "--epochs", "12", "--snapshot-every", "1", "--nproc-per-node", "2",
-               "--max-restarts", str(max_restarts), "--run-id", "killed", "--dist-timeout-seconds", "60"]
+    command = [sys.executable, "-m", "flows.train", "--weather", w, "--yields", y, "--output", out, *KILLED_JOB,
+               "--max-restarts", str(max_restarts), "--run-id", "killed"]
     logs = [open(tmp_path / name, "w+") for name in ("stdout", "stderr")]  # files: a full pipe would block ranks
     proc = subprocess.Popen(command, cwd=REPO, env=env(), stdout=logs[0], stderr=logs[1], text=True)
     snapshot = Path(out) / "_staging" / "killed.snapshots" / "snapshot.pt"
@@ -333,6 +337,17 @@ def test_a_killed_rank_with_restarts_resumes_from_the_snapshot(tmp_path):
     assert resumed and 1 <= min(resumed) < 12
     assert read(out, "runs", "killed").num_rows == 1
     assert not list((Path(out) / "_staging").glob("*"))  # snapshots removed after the commit, no stale staging
+    # the resumed job's weights and predictions are the uninterrupted job's, float for float
+    w, y = str(tmp_path / "weather"), str(tmp_path / "yields")
+    whole = str(tmp_path / "whole")
+    result = subprocess.run([sys.executable, "-m", "flows.train", "--weather", w, "--yields", y, "--output", whole,
+                             *KILLED_JOB, "--max-restarts", "0", "--run-id", "killed"], cwd=REPO, env=env(),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for dataset, keys in (("weights", ["target", "term"]), ("predictions", ["region", "year"])):
+        got, want = (read(o, dataset, "killed").to_pandas().sort_values(keys).reset_index(drop=True)
+                     for o in (out, whole))
+        assert got.equals(want), dataset
 
 
 def test_a_killed_rank_without_restarts_fails_clearly_and_commits_nothing(tmp_path):
@@ -509,9 +524,9 @@ def test_ranks_stream_their_shards_beyond_their_budget(tmp_path):
     assert relative(two.loc[one.index], one) < 1e-5
     exact_mse = None
     for name, options in (("exact", ["--trainer", "exact"]),
-                          ("ddp", ["--trainer", "nn", "--nproc-per-node", "2", "--memory-budget", "1MB"]),
-                          ("local", ["--trainer", "nn", "--nproc-per-node", "2", "--memory-budget", "1MB",
-                                     "--average-every", "4"])):
+                          ("ddp", ["--trainer", "nn", "--nproc-per-node", "2", "--memory-budget", "1MB",
+                                   "--average-every", "1"]),
+                          ("local", ["--trainer", "nn", "--nproc-per-node", "2", "--memory-budget", "1MB"])):
         _, logs = _train(tmp_path, w, y, name, *options, "--epochs", "30")
         metrics = read(str(tmp_path / name), "metrics", name).to_pandas()
         mse = metrics.query("split == 'train' and metric == 'mse' and region.isnull() and target.isnull()")["value"]
