@@ -9,6 +9,7 @@ tensor device is asked for (`Cluster.device`): the exact trainer runs without it
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 from datetime import timedelta
@@ -132,7 +133,10 @@ class Cluster:
         """The sorted union of every rank's sorted, distinct `values` (with one process: `values`)."""
         if not self.distributed:
             return values
-        return sorted(set().union(*self.all_gather_object(values)))
+        # sorted runs, one a rank: Timsort merges them in about linear time (a set and a sort of 400,000 region
+        # names took 0.26 s, this 0.04 s); then equal neighbours are dropped
+        merged = sorted(itertools.chain.from_iterable(self.all_gather_object(values)))
+        return [v for i, v in enumerate(merged) if i == 0 or v != merged[i - 1]]
 
     @property
     def comm_device(self) -> torch.device:

@@ -534,3 +534,16 @@ def test_ranks_stream_their_shards_beyond_their_budget(tmp_path):
             exact_mse = float(mse.iloc[0])
         else:
             assert "streaming them from" in logs and float(mse.iloc[0]) <= 1.01 * exact_mse, (name, mse, exact_mse)
+
+
+def _union(cluster, lists):
+    return cluster.union_sorted(lists[cluster.rank])
+
+
+def test_union_sorted_merges_the_ranks_sorted_values_without_repeats(tmp_path):
+    rng = np.random.default_rng(7)
+    values = [f"R{i:05d}" for i in range(3000)]
+    lists = [sorted(set(rng.choice(values, 1200).tolist())) for _ in range(3)]  # overlapping, some empty below
+    lists[2] = []
+    results = ok(run_ranks(tmp_path, 3, _union, lists))
+    assert results[0] == results[1] == results[2] == sorted(set(lists[0]) | set(lists[1]))
