@@ -82,7 +82,7 @@ def _attempt(nproc, rank_args, env, on_line, restart, max_restarts, run_id, grac
                             TORCHELASTIC_RESTART_COUNT=str(restart), TORCHELASTIC_MAX_RESTARTS=str(max_restarts))
             rank_env.setdefault("OMP_NUM_THREADS", "1")  # as torchrun sets it: one thread per rank
             proc = subprocess.Popen([sys.executable, *rank_args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                    text=True, bufsize=1, env=rank_env, cwd=cwd)
+                                    text=True, errors="replace", bufsize=1, env=rank_env, cwd=cwd)
             procs.append(proc)
             reader = threading.Thread(target=_read, args=(proc.stdout, lines), daemon=True)
             reader.start()

@@ -112,7 +112,7 @@ def launch(config: TrainConfig, rank_args: list[str], *, on_line: Callable[[str]
                               report=ended.failures, hung=ended.hung)
             return
         with subprocess.Popen(torchrun_command(config, rank_args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True, bufsize=1, env=environment, cwd=cwd) as proc:
+                              text=True, errors="replace", bufsize=1, env=environment, cwd=cwd) as proc:
             reaper = Reaper(proc.pid)
             for line in proc.stdout:
                 reaper.saw(line)

@@ -122,3 +122,12 @@ def test_process_state_tells_a_stopped_process_from_a_running_one():
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_rank_printing_bytes_that_are_not_utf8_is_streamed_not_stuck():
+    ended, lines = run("""
+        import sys
+        sys.stdout.buffer.write(b"bad \\xff\\xfe bytes\\n" * 20000)  # more than a pipe holds
+        sys.stdout.flush()
+        """, nproc=1)
+    assert ended.ok and len(lines) == 20000 and lines[0] == "bad \ufffd\ufffd bytes"
