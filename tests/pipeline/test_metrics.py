@@ -3,6 +3,8 @@ and the MSEs read back from metric rows (totals per split and target, and per re
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
 
 from linreg.parallel.dist import single_process
 from linreg.pipeline.metrics import (RegionErrors, SplitErrors, metric_rows, region_metric_batches, region_mse, total_mse)
@@ -73,3 +75,29 @@ def test_mse_read_back_from_metric_rows():
                     for i, name in enumerate(regions.to_pylist()) if errors.rows[2 * i + code]]
         assert [r for r, _ in per_region[split]] == [r for r, _ in expected]  # a region named "all" is a region
         np.testing.assert_allclose([v for _, v in per_region[split]], [v for _, v in expected], rtol=1e-12)
+
+
+def _region_rows(regions, split, k=2):
+    """A rank's per-region rows of one split: k + 1 a region (each target, then the total), by region name."""
+    rows = [{"split": split, "region": r, "target": t, "metric": "mse", "value": float(i)}
+            for i, r in enumerate(sorted(regions)) for t in [f"t{j}" for j in range(k)] + [None]]
+    return rows
+
+
+@pytest.mark.parametrize("layout", ["ranges in rank order", "ranges out of order", "interleaved", "one rank empty"])
+def test_merge_sorted_puts_ranges_end_to_end_and_sorts_anything_else(layout):
+    from linreg.inputs.schema import metrics_schema
+    from linreg.pipeline.metrics import merge_sorted
+
+    names = [f"R{i:04d}" for i in range(60)] + ["Zürich", "Ärhus"]
+    shares = {"ranges in rank order": [names[:20], names[20:40], names[40:]],
+              "ranges out of order": [names[40:], names[:20], names[20:40]],
+              "interleaved": [names[0::3], names[1::3], names[2::3]],
+              "one rank empty": [names[:30], [], names[30:]]}[layout]
+    parts = [pa.Table.from_pylist(_region_rows(share[::2], "holdout") + _region_rows(share[1::2], "train"),
+                                  schema=metrics_schema()) for share in shares]
+    merged = merge_sorted(parts)
+    expected = pa.concat_tables(parts)
+    expected = expected.take(pc.sort_indices(expected, sort_keys=[("split", "ascending"), ("region", "ascending")]))
+    assert merged.equals(expected)
+    assert merged.column("region").to_pylist()[:3] == [sorted(n for s in shares for n in s[::2])[0]] * 3
