@@ -113,12 +113,18 @@ def test_the_launchers_sigterm_stops_its_ranks(tmp_path):
 def test_process_state_tells_a_stopped_process_from_a_running_one():
     proc = subprocess.Popen(["sleep", "30"])
     try:
-        assert local.process_state(proc.pid) == "running"  # sleeping, but it would answer a signal
+        def reaches(state):
+            deadline = time.monotonic() + 10
+            while local.process_state(proc.pid) != state and time.monotonic() < deadline:
+                time.sleep(0.01)
+            return local.process_state(proc.pid) == state
+
+        # sleeping, it would answer a signal (just after exec it may be in uninterruptible sleep, loading pages)
+        assert reaches("running")
         proc.send_signal(signal.SIGSTOP)
-        deadline = time.monotonic() + 10
-        while local.process_state(proc.pid) != "stopped" and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert local.process_state(proc.pid) == "stopped"
+        assert reaches("stopped")
+        proc.send_signal(signal.SIGCONT)
+        assert reaches("running")
     finally:
         proc.kill()
         proc.wait()
