@@ -56,13 +56,16 @@ def test_a_failed_rank_stops_the_others_and_is_reported_first():
     assert ended.hung == {} and "rank 1 fails" in lines
 
 
-def test_a_rank_that_ignores_sigterm_is_killed_after_the_grace_and_named():
-    ended, _ = run("""
+def test_a_rank_that_ignores_sigterm_is_killed_after_the_grace_and_named(tmp_path):
+    ready = tmp_path / "ignoring"
+    ended, _ = run(f"""
         import os, signal, sys, time
         if os.environ["RANK"] == "0":
-            time.sleep(0.5)
+            while not os.path.exists({str(ready)!r}):  # fail only once rank 1 ignores SIGTERM
+                time.sleep(0.01)
             sys.exit(1)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        open({str(ready)!r}, "w").close()
         time.sleep(60)
         """, grace=1.0)
     assert ended.failures[0][:2] == (0, 1)
