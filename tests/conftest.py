@@ -11,6 +11,13 @@ os.environ.setdefault("PREFECT_HOME", _PREFECT_HOME)
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "linreg")
+# Temporary files of the code under test and of the processes the tests start go to one directory removed at
+# the end: a process a test kills (or crashes on purpose) cannot remove its own. pytest's tmp_path trees stay
+# where they were (pytest prunes them).
+os.environ.setdefault("PYTEST_DEBUG_TEMPROOT", tempfile.gettempdir())
+_TEMPORARY = tempfile.mkdtemp(prefix="linreg-tests-tmp-")
+atexit.register(shutil.rmtree, _TEMPORARY, True)
+os.environ["TMPDIR"] = tempfile.tempdir = _TEMPORARY
 
 from pathlib import Path  # noqa: E402
 

@@ -149,12 +149,12 @@ class Staging:
     def discard(self) -> None:
         """Remove the staging area (and local files) of a run that will not commit. A decided commit (its
         journal written) is kept for `recover` to roll forward, never discarded half-moved."""
+        if not self.is_local:  # the local copies: on object storage a decided commit's files are already staged
+            shutil.rmtree(self.local_dir, ignore_errors=True)
         if file_type(self.filesystem, f"{self.area}/{JOURNAL}") == pafs.FileType.File:
             log.warning("commit of %s was interrupted; the next run will roll it forward", self.name)
             return
         _delete_dir(self.filesystem, self.area)
-        if not self.is_local:
-            shutil.rmtree(self.local_dir, ignore_errors=True)
 
     def commit(self) -> dict[str, str]:
         """Publish every dataset's partition, the runs index last; return dataset -> final location.

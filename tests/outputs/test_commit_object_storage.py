@@ -1,8 +1,10 @@
 """Object storage (a local S3-compatible server) end to end, and crashes injected into commits on both kinds
 of storage: readers never see a partial run, earlier runs stay byte-identical, the next run rolls forward."""
 
+import glob
 import hashlib
 import os
+import tempfile
 
 import duckdb
 import numpy as np
@@ -150,6 +152,8 @@ def test_crash_between_any_two_file_operations_of_a_commit(tmp_path, storage, re
             _crash_at(monkeypatch, k)
             with pytest.raises(Crash):
                 run(run_id, trainer="nn")
+            # the run's local copies of its staged files are gone, also after a crash past the journal
+            assert not glob.glob(os.path.join(tempfile.gettempdir(), f"linreg-stage-{run_id}-*")), k
             monkeypatch.setattr(commit, "before_file_operation", lambda: None)
             state = committed_state(output)
             # The runs index lists a run only when every dataset holds it whole.
