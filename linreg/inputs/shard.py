@@ -129,12 +129,10 @@ def region_groups(table: Table, region_column: str) -> list[tuple] | None:
         for group in fragment.row_groups:
             if group.num_rows == 0:
                 continue
-            stats = (group.statistics or {}).get(region_column)
-            if not stats or stats.get("min") is None or stats.get("max") is None:
+            found = _group_range(group, region_column)
+            if found is None or not isinstance(found[0], (str, int)) or type(found[0]) is not type(found[1]):
                 return None
-            if not isinstance(stats["min"], (str, int)) or type(stats["min"]) is not type(stats["max"]):
-                return None
-            groups.append((stats["min"], stats["max"], group.num_rows))
+            groups.append((*found, group.num_rows))
     return groups if len({type(g[0]) for g in groups}) <= 1 else None
 
 
@@ -232,11 +230,18 @@ def _meets(group, region_column: str, lo, hi) -> bool:
     """Whether a row group (with rows) may hold regions in [lo, hi) (None: unbounded), by its statistics."""
     if group.num_rows == 0:
         return False
+    found = _group_range(group, region_column)
+    if found is None:
+        return True
+    low, high = found
+    return (lo is None or high >= lo) and (hi is None or low < hi)
+
+
+def _group_range(group, region_column: str) -> tuple | None:
+    """(min, max) of the region column in a row group, from its statistics; None where they are missing."""
     stats = (group.statistics or {}).get(region_column) or {}
     low, high = stats.get("min"), stats.get("max")
-    if low is None or high is None:
-        return True
-    return (lo is None or high >= lo) and (hi is None or low < hi)
+    return None if low is None or high is None else (low, high)
 
 
 def rank_share(table: Table, region_column: str, rank: int, sharding: Sharding) -> tuple[Table, Table]:

@@ -27,6 +27,8 @@ import time
 import uuid
 from typing import Callable
 
+from linreg.outputs.locks import proc_stat
+
 POLL_SECONDS = 0.05
 
 
@@ -151,14 +153,13 @@ def _signal(proc: subprocess.Popen, sig: int) -> None:
         pass
 
 
+STATES = {"T": "stopped", "t": "stopped", "D": "stuck in the kernel"}  # /proc states of a rank that is not answering
+
+
 def process_state(pid: int) -> str:
     """'stopped', 'stuck in the kernel' or 'running', from /proc/<pid>/stat ('running' where /proc is absent)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:  # "pid (comm) state ...": comm may hold spaces
-            state = f.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return "running"
-    return {"T": "stopped", "t": "stopped", "D": "stuck in the kernel"}.get(state, "running")
+    fields = proc_stat(pid)
+    return STATES.get(fields[0], "running") if fields else "running"
 
 
 def free_port() -> int:

@@ -40,6 +40,7 @@ from typing import Callable
 from linreg import redact
 from linreg.config import TrainConfig
 from linreg.launch import identity, local
+from linreg.outputs.locks import proc_stat
 from linreg.errors import EXIT_OK, InputError, report_error
 
 DEFAULT_RDZV_PORT = 29400
@@ -147,14 +148,13 @@ class Reaper:
             self._timers.append(timer)
 
     def _kill(self, pid: int) -> None:
-        try:
-            with open(f"/proc/{pid}/stat") as f:  # "pid (comm) state ppid ...": comm may hold spaces
-                state, ppid = f.read().rsplit(")", 1)[1].split()[:2]
-        except OSError:
+        fields = proc_stat(pid)
+        if fields is None:
             return  # gone (or no /proc): nothing to do
-        if int(ppid) != self.torchrun_pid or state in ("Z", "X"):
+        state, ppid = fields[0], int(fields[1])
+        if ppid != self.torchrun_pid or state in ("Z", "X"):
             return
-        self.killed[pid] = {"T": "stopped", "t": "stopped", "D": "stuck in the kernel"}.get(state, "running")
+        self.killed[pid] = local.STATES.get(state, "running")
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:

@@ -172,17 +172,15 @@ class StreamedSteps:
                           merge.step_slices(rows.n_rows, max(1, min(batch, self.n_rows)), self.n_rows, cluster)]
 
     def epoch(self, epoch: int):
-        if self.world == 1:
+        rank = None if self.world == 1 else self.cluster.rank
+        if self.steps is None:  # one process, or full batch: the step's rows are the block's, or all rows
             blocks = ((X, Y, w, self.n_rows if self.accumulates else len(X))
-                      for X, Y, w in self.rows.epoch(epoch, self.seed, self.block, self.device))
-        elif self.accumulates:
-            blocks = ((X, Y, w, self.n_rows) for X, Y, w in
-                      self.rows.epoch(epoch, self.seed, self.block, self.device, rank=self.cluster.rank))
+                      for X, Y, w in self.rows.epoch(epoch, self.seed, self.block, self.device, rank=rank))
         else:
             sizes = [m for m, _ in self.steps]
             blocks = ((X, Y, w, rows) for (X, Y, w), (_, rows) in
-                      zip(self.rows.epoch(epoch, self.seed, self.block, self.device, rank=self.cluster.rank,
-                                          sizes=sizes), self.steps, strict=True))
+                      zip(self.rows.epoch(epoch, self.seed, self.block, self.device, rank=rank, sizes=sizes),
+                          self.steps, strict=True))
         if self.accumulates:
             yield blocks
         else:

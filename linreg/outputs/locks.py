@@ -70,13 +70,23 @@ def process_start(pid: int) -> int | None:
     return stat[1] if stat else None
 
 
-def _proc_stat(pid: int) -> tuple[str, int] | None:
-    """(state, start time) of a process from /proc, or None where there is no such entry."""
+def proc_stat(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name (which may hold spaces): state, parent pid, ...,
+    start time at index 19; None where there is no such entry (or no /proc)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
-        return fields[0], int(fields[19])
-    except (OSError, IndexError, ValueError):
+    except (OSError, IndexError):
+        return None
+    return fields if len(fields) > 19 else None
+
+
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state, start time) of a process from /proc, or None where there is no such entry."""
+    fields = proc_stat(pid)
+    try:
+        return (fields[0], int(fields[19])) if fields else None
+    except ValueError:
         return None
 
 
