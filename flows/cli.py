@@ -106,7 +106,11 @@ def train_command(argv: list[str] | None, description: str, record: Callable | N
             from linreg.launch import torchrun
 
             return torchrun.cli(config, sys.argv[1:] if argv is None else list(argv))
-        config = config.model_copy(update={"run_id": decide_run_id(config.run_id)})
+        ahead = sys.modules.get("linreg.pipeline.headstart")  # imported only when a head start began
+        if ahead is not None and ahead.current() is not None:
+            config = ahead.current().config  # this command line's, with the run id it was begun with
+        else:
+            config = config.model_copy(update={"run_id": decide_run_id(config.run_id)})
         from linreg.pipeline import report
 
         report.warm_up()  # matplotlib loads while the run reads, joins and fits
@@ -121,4 +125,56 @@ def train_command(argv: list[str] | None, description: str, record: Callable | N
         return (f"inputs and configuration unchanged since run {summary.run_id}: not retrained "
                 "(--skip-if-unchanged)\n" if reused else "") + summary.text()
 
-    return run(action)
+    interrupted = True  # run() turns every Exception into an exit code: only Ctrl-C or SystemExit pass
+    try:
+        code = run(action)
+        interrupted = False
+        return code
+    finally:
+        _end_head_start(wait=not interrupted)  # an interrupted command does not wait for a head start's join
+
+
+def begin_head_start(argv: list[str], description: str) -> None:
+    """With a Prefect server configured in the environment and answering its health check: parse the command
+    line and begin the run's plan and join on a background thread (`linreg.pipeline.headstart`) before the
+    caller imports Prefect. Anything else (a bad command line, an unwritable output, torchrun ranks,
+    --skip-if-unchanged, no answer) begins nothing: `train_command` then runs as without a head start, and
+    reports the error."""
+    url = os.environ.get("PREFECT_API_URL")
+    if not url or not _answers(url):
+        return
+    import contextlib
+    import io
+
+    from linreg.config import build_parser, config_from_args, decide_run_id
+    from linreg.outputs import destination
+
+    try:
+        with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+            args = build_parser(description=description).parse_args(argv)
+        config = redact.protect_config(config_from_args(args))
+        if config.launches_ranks or config.skip_if_unchanged:
+            return
+        destination.check_writable(config.output)
+    except (Exception, SystemExit):  # noqa: BLE001 (train_command parses again and reports it)
+        return
+    from linreg.pipeline import headstart
+
+    headstart.begin(config.model_copy(update={"run_id": decide_run_id(config.run_id)}))
+
+
+def _answers(url: str) -> bool:
+    """Whether `<url>/health` answers 200 within a second (a plain GET: Prefect is not imported yet)."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/health", timeout=1) as response:
+            return response.status == 200
+    except (OSError, ValueError):
+        return False
+
+
+def _end_head_start(wait: bool) -> None:
+    ahead = sys.modules.get("linreg.pipeline.headstart")
+    if ahead is not None:
+        ahead.abandon(wait=wait)

@@ -40,6 +40,7 @@ if __name__ == "__main__":
 
     if cli.no_server_configured():  # ad hoc, no server: the steps in process; Prefect is not imported
         sys.exit(cli.train_command(sys.argv[1:], __doc__.split("\n\n")[0], record=None))
+    cli.begin_head_start(sys.argv[1:], __doc__.split("\n\n")[0])  # plan and join begin while Prefect imports
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run

@@ -18,7 +18,7 @@ from linreg.config import TrainConfig
 from linreg.inputs.holdout import Split
 from linreg.inputs.join import JoinResult
 from linreg.models.fit import FitResult
-from linreg.pipeline import report, reuse, steps
+from linreg.pipeline import headstart, report, reuse, steps
 from tasks.retry import STORAGE_RETRIES, log_step
 
 
@@ -26,10 +26,11 @@ from tasks.retry import STORAGE_RETRIES, log_step
 def plan_run(config: TrainConfig) -> steps.RunPlan:
     """Open the inputs, check their schemas, fingerprint them and create the staging area."""
     started = time.perf_counter()
-    plan = steps.plan_run(config)
+    plan, ahead = headstart.plan_run(config)
     c = plan.columns
     log_step(plan.run_id, "plan", started, f"{len(c.keys + c.features + c.targets)} column(s): keys {c.keys}, "
-             f"features {c.features}, targets {c.targets}; input fingerprint {plan.fingerprint['sha256']}")
+             f"features {c.features}, targets {c.targets}; input fingerprint {plan.fingerprint['sha256']}"
+             + _AHEAD * ahead)
     return plan
 
 
@@ -38,9 +39,10 @@ def plan_run(config: TrainConfig) -> steps.RunPlan:
 def join_inputs(plan: steps.RunPlan) -> JoinResult:
     """Check values and keys of both tables and join them on the keys."""
     started = time.perf_counter()
-    joined = steps.join_inputs(plan)
+    joined, ahead = headstart.join_inputs(plan)
     log_step(plan.run_id, "validate-and-join", started, f"weather {joined.weather_rows} rows, yields "
-             f"{joined.yields_rows} rows -> {joined.joined_rows} joined rows x {_width(plan)} columns")
+             f"{joined.yields_rows} rows -> {joined.joined_rows} joined rows x {_width(plan)} columns"
+             + _AHEAD * ahead)
     return joined
 
 
@@ -132,7 +134,10 @@ def publish_reuse(config: TrainConfig, previous: steps.RunSummary) -> steps.RunS
 @task(name="discard", task_run_name="discard-{plan.run_id}", cache_policy=NO_CACHE)
 def discard_run(plan: steps.RunPlan) -> None:
     """After a failed step: remove the run's staging area and work directory; committed runs are untouched."""
-    steps.discard(plan)
+    headstart.discard(plan)
+
+
+_AHEAD = " (begun while the flow run started: linreg.pipeline.headstart)"
 
 
 def _width(plan: steps.RunPlan) -> int:

@@ -225,3 +225,75 @@ def test_whether_a_server_is_configured_is_read_from_the_environment_and_the_act
     monkeypatch.delenv("PREFECT_API_URL")
     (tmp_path / ".env").write_text("PREFECT_API_URL=http://127.0.0.1:4200/api\n")
     assert not cli.no_server_configured()  # a source only Prefect reads: Prefect decides
+
+
+def _cli_with_server(args, cwd):
+    """`python -m flows.train args` in `cwd`, with the test server configured in its environment."""
+    from prefect.settings import PREFECT_API_URL
+
+    env = dict(os.environ, PYTHONPATH=str(REPO), PREFECT_API_URL=PREFECT_API_URL.value())
+    return subprocess.run([sys.executable, "-m", "flows.train", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+def _task_logs(run_id: str) -> dict[str, list[str]]:
+    """The log messages of the flow run named train-exact-<run_id>, by task run name (None: the flow's own)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName, LogFilter, LogFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        (flow_run,) = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[f"train-exact-{run_id}"])))
+        tasks = {t.id: t for t in client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [flow_run.id]}))}
+        assert all(t.state.is_completed() for t in tasks.values()) or flow_run.state.is_failed()
+        logs = {}
+        for entry in client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run.id])), limit=200):
+            logs.setdefault(tasks[entry.task_run_id].name if entry.task_run_id else None, []).append(entry.message)
+    return {"state": flow_run.state.type.value, **logs}
+
+
+def test_a_command_with_a_server_begins_plan_and_join_ahead_and_records_them_as_tasks(prefect_server, tmp_path):
+    """`python -m flows.train` with a server: the plan and the join begin while Prefect starts
+    (linreg.pipeline.headstart); the flow run still records every task, the join's task says it took the
+    head start, and the outputs equal those of the same command without a server."""
+    shutil.copytree(SAMPLE, tmp_path / "data" / "sample")
+    recorded = _cli_with_server(["--run-id", "ahead", "--output", "recorded"], tmp_path)
+    assert recorded.returncode == 0, recorded.stderr
+    plain = _cli(["--run-id", "ahead", "--output", "plain"], tmp_path)  # the test's environment has no server
+    assert plain.returncode == 0 and cli.NOT_RECORDED in plain.stderr
+    logs = _task_logs("ahead")
+    assert logs["state"] == "COMPLETED"
+    assert {name for name in logs if name not in ("state", None)} >= {"plan-ahead", "validate-and-join-ahead",
+                                                                      "evaluate-ahead", "commit-ahead"}
+    assert any("begun while the flow run started" in m for m in logs["plan-ahead"])
+    assert any("begun while the flow run started" in m for m in logs["validate-and-join-ahead"])
+    for dataset in ("weights", "metrics", "predictions"):
+        tables = [pq.read_table(tmp_path / out / dataset / "run_id=ahead") for out in ("recorded", "plain")]
+        columns = [c for c in ("split", "target", "term", "metric", "region", "year") if c in tables[0].column_names]
+        a, b = (t.sort_by([(c, "ascending") for c in columns]) for t in tables)
+        assert a.equals(b), dataset
+    assert not (tmp_path / "recorded" / "_staging").exists() or not os.listdir(tmp_path / "recorded" / "_staging")
+
+
+@pytest.mark.parametrize("fault, message", [
+    (["--features", "temp,sunshine"], "has no column 'sunshine'"),  # the plan begun ahead fails
+    ("nan", "column 'temp' has 1 null, NaN or infinite"),  # the join begun ahead fails
+])
+def test_an_input_error_begun_ahead_fails_its_task_with_one_paragraph_and_writes_nothing(prefect_server, tmp_path,
+                                                                                        fault, message):
+    if fault == "nan":
+        w = write(tmp_path / "w.parquet", region=["a", "b"], year=[1, 1], temp=[1.0, float("nan")],
+                  rainfall=[1.0, 2.0], humidity=[1.0, 2.0])
+        y = write(tmp_path / "y.parquet", region=["a", "b"], year=[1, 1], apples=[1.0, 2.0], oranges=[1.0, 2.0])
+        args = ["--weather", w, "--yields", y]
+    else:
+        shutil.copytree(SAMPLE, tmp_path / "data" / "sample")
+        args = fault
+    run_id = f"bad-{len(args)}"
+    result = _cli_with_server([*args, "--run-id", run_id, "--output", "out"], tmp_path)
+    assert result.returncode == EXIT_BAD_INPUT, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    (error,) = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert message in error
+    assert not any((tmp_path / "out").rglob("*.parquet"))
+    assert not (tmp_path / "out" / "_staging").exists() or not os.listdir(tmp_path / "out" / "_staging")
+    assert _task_logs(run_id)["state"] == "FAILED"
