@@ -25,25 +25,26 @@ class Moments:
         self.mean = np.zeros(d)
         self.comoment = np.zeros((d, d))
 
-    def update(self, rows: np.ndarray, weights: np.ndarray | None = None) -> None:
-        """Add rows (m, d) of any float dtype, with optional weights (m,)."""
+    def update(self, rows: np.ndarray, weights: np.ndarray | None = None, *, n: int | None = None) -> None:
+        """Add rows (m, d) of any float dtype, with optional weights (m,). n: how many rows to count (default
+        m; a split's rows given as all rows with weight 0 elsewhere count only the split's)."""
         if len(rows) == 0:
             return
-        rows = np.asarray(rows, dtype=np.float64)
-        other = Moments(rows.shape[1])
-        other.n = len(rows)
+        columns = np.ascontiguousarray(np.asarray(rows).T, dtype=np.float64)  # (d, m): sums along memory
+        other = Moments(columns.shape[0])
+        other.n = len(rows) if n is None else n
         if weights is None:
             other.weight = float(len(rows))
-            other.mean = rows.mean(axis=0)
-            centred = rows - other.mean
-            other.comoment = centred.T @ centred
+            other.mean = columns.sum(axis=1) / len(rows)
+            centred = columns - other.mean[:, None]
+            other.comoment = centred @ centred.T
         else:
             weights = np.asarray(weights, dtype=np.float64)
             other.weight = float(weights.sum())
             if other.weight > 0:
-                other.mean = weights @ rows / other.weight
-                centred = rows - other.mean
-                other.comoment = (centred * weights[:, None]).T @ centred
+                other.mean = columns @ weights / other.weight
+                centred = columns - other.mean[:, None]
+                other.comoment = (centred * weights) @ centred.T
         self.merge(other)
 
     def state(self) -> tuple:

@@ -526,12 +526,12 @@ def write_table(path: str, table: pa.Table, metadata: dict[bytes, bytes]) -> Non
 
 
 def open_writer(path: str, schema: pa.Schema, metadata: dict[bytes, bytes], *,
-                write_back: bool = False) -> pq.ParquetWriter:
-    """A writer for a large output (predictions); float columns skip dictionary encoding. With `write_back`
-    (a file the commit will fsync: one in a local staging area, `Staging.is_local`) it pushes the file to disk
-    as it grows (`FlushingWriter`)."""
+                write_back: bool = False, plain: list[str] = ()) -> pq.ParquetWriter:
+    """A writer for a large output (predictions); float columns and the columns `plain` skip dictionary
+    encoding. With `write_back` (a file the commit will fsync: one in a local staging area, `Staging.is_local`)
+    it pushes the file to disk as it grows (`FlushingWriter`)."""
     schema = schema.with_metadata(metadata)
-    dictionary = [f.name for f in schema if not pa.types.is_floating(f.type)]
+    dictionary = [f.name for f in schema if not pa.types.is_floating(f.type) and f.name not in plain]
     kind = FlushingWriter if write_back else pq.ParquetWriter
     return kind(path, schema, compression="snappy", use_dictionary=dictionary)
 

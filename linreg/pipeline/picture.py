@@ -41,12 +41,18 @@ class HoldoutSample:
         self.rows = np.empty((0, 2 * n_targets))  # actual (k), then predicted (k)
         self._rng = np.random.default_rng([seed, rank])
 
-    def add(self, actual: np.ndarray, predicted: np.ndarray) -> None:
-        """actual, predicted: (m, k) of holdout rows."""
-        if not len(actual):
+    def add(self, actual: np.ndarray, predicted: np.ndarray, holdout: np.ndarray | None = None) -> None:
+        """actual, predicted: (m, k); holdout (m,) bool, the rows to sample from (None: all). Every such row
+        draws its key; only rows whose key could still be among the smallest are copied."""
+        rows_at = np.flatnonzero(holdout) if holdout is not None else np.arange(len(actual))
+        if not len(rows_at):
             return
-        keys = np.concatenate([self.keys, self._rng.random(len(actual))])
-        rows = np.concatenate([self.rows, np.hstack([actual, predicted])])
+        keys = self._rng.random(len(rows_at))
+        if len(self.keys) >= self.size:  # full: a key above the largest kept one never enters
+            entering = keys < self.keys.max()
+            keys, rows_at = keys[entering], rows_at[entering]
+        keys = np.concatenate([self.keys, keys])
+        rows = np.concatenate([self.rows, np.hstack([actual[rows_at], predicted[rows_at]])])
         self.keys, self.rows = _smallest(keys, rows, self.size)
 
     def merged(self, cluster: Cluster) -> "HoldoutSample":

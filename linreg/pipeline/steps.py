@@ -326,7 +326,8 @@ def write_predictions(plan: RunPlan, joined: JoinResult, split: Split, fit: FitR
     lookup = split.lookup(regions)
     folds = split.folds.lookup(regions) if cv is not None else None
     plain = schema.remove_metadata()
-    with commit.open_writer(path, schema, plan.metadata(), write_back=plan.staging.is_local) as writer, \
+    # split: two values, written plain (a dictionary's hash of every row cost the writer a quarter of its time)
+    with commit.open_writer(path, schema, plan.metadata(), write_back=plan.staging.is_local, plain=["split"]) as writer, \
             BackgroundWriter(writer) as background, blas.one_thread():
         for batch in read_batches(joined.path, columns.keys + [REGION_INDEX] + columns.features + columns.targets
                                   + ([weight] if weight else []), batch_rows=commit.PREDICTION_ROW_GROUP):
@@ -336,11 +337,11 @@ def write_predictions(plan: RunPlan, joined: JoinResult, split: Split, fit: FitR
             X = matrix(batch, columns.features)
             pred = model.predict(X)
             w = matrix(batch, [weight], np.float64)[:, 0] if weight else None
-            for name, mask in (("train", ~holdout), ("holdout", holdout)):
-                errors[name].update(Y[mask], pred[mask], None if w is None else w[mask])
-            sample.add(Y[holdout], pred[holdout])
             residual = Y - pred
-            by_region.update(batch.column(REGION_INDEX).to_numpy(), holdout, residual * residual, w)
+            squared = residual * residual
+            metrics.add_splits(errors, Y, squared, holdout, w)
+            sample.add(Y, pred, holdout)
+            by_region.update(batch.column(REGION_INDEX).to_numpy(), holdout, squared, w)
             out = [batch.column(k).cast(plain.field(k).type) for k in columns.keys]
             out.append(pa.DictionaryArray.from_arrays(pa.array(holdout.view(np.int8)), SPLIT_NAMES).cast(pa.string()))
             if cv is not None:  # holdout rows are in no fold: null fold and out-of-fold predictions

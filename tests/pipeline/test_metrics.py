@@ -101,3 +101,36 @@ def test_merge_sorted_puts_ranges_end_to_end_and_sorts_anything_else(layout):
     expected = expected.take(pc.sort_indices(expected, sort_keys=[("split", "ascending"), ("region", "ascending")]))
     assert merged.equals(expected)
     assert merged.column("region").to_pylist()[:3] == [sorted(n for s in shares for n in s[::2])[0]] * 3
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_split_sums_of_masked_batches_equal_exact_sums_of_each_splits_rows(weighted):
+    """add_splits weighs the other split's rows 0 instead of copying each split's rows out: its counts,
+    squared errors and target moments are those of the split's rows alone (Fraction arithmetic), centred R^2
+    included, over uneven batches with an empty split in one of them."""
+    from fractions import Fraction
+
+    from linreg.pipeline.metrics import add_splits
+
+    rng = np.random.default_rng(3)
+    errors = {"train": SplitErrors(2), "holdout": SplitErrors(2)}
+    rows = {"train": [], "holdout": []}
+    for m, share in ((1000, 0.2), (37, 0.0), (513, 0.5)):
+        y = rng.normal(50.0, 3.0, size=(m, 2))
+        pred = y + rng.normal(0.0, 1.0, size=(m, 2))
+        holdout = rng.random(m) < share
+        w = rng.uniform(0.0, 2.0, size=m) if weighted else None
+        add_splits(errors, y, (y - pred) ** 2, holdout, w)
+        for i in range(m):
+            rows["holdout" if holdout[i] else "train"].append((y[i], pred[i], 1.0 if w is None else w[i]))
+    for split, acc in errors.items():
+        data = rows[split]
+        assert acc.n == len(data)
+        weight = sum(Fraction(float(w)) for _, _, w in data)
+        for j in range(2):
+            sse = sum(Fraction(float(w)) * (Fraction(float(y[j])) - Fraction(float(p[j]))) ** 2 for y, p, w in data)
+            mean = sum(Fraction(float(w)) * Fraction(float(y[j])) for y, _, w in data) / weight
+            ss = sum(Fraction(float(w)) * (Fraction(float(y[j])) - mean) ** 2 for y, _, w in data)
+            assert acc.mse[j] == pytest.approx(float(sse / weight), rel=1e-12)
+            assert acc.r2[j] == pytest.approx(float(1 - sse / ss), rel=1e-10)
+            assert acc.y.mean[j] == pytest.approx(float(mean), rel=1e-13)

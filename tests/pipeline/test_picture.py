@@ -94,3 +94,17 @@ def test_a_runs_picture_agrees_with_its_committed_metrics_and_predictions(tmp_pa
     sample = picture.sample
     assert len(sample["apples"]) == len(holdout)  # fewer than MAX_POINTS holdout rows: every one is drawn
     assert set(zip(sample["apples"], sample["apples_pred"], sample["oranges"])) == pairs
+
+
+def test_sampling_the_holdout_rows_of_whole_batches_equals_sampling_those_rows_alone():
+    """add(actual, predicted, holdout) draws a key for each holdout row as add(holdout rows) does, and copies
+    only the rows that can still enter: the same sample for the same seed."""
+    rng = np.random.default_rng(5)
+    masked, alone = HoldoutSample(2, seed=11, size=300), HoldoutSample(2, seed=11, size=300)
+    for m in (1000, 50, 4096, 0, 777):
+        actual, predicted = rng.normal(size=(m, 2)), rng.normal(size=(m, 2))
+        holdout = rng.random(m) < 0.3
+        masked.add(actual, predicted, holdout)
+        alone.add(actual[holdout], predicted[holdout])
+    a, b = (s.columns(["x", "y"], lambda t: f"pred_{t}") for s in (masked, alone))
+    assert len(a["x"]) == 300 and all(np.array_equal(a[c], b[c]) for c in a)
