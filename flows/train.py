@@ -22,7 +22,8 @@ import sys
 
 if __name__ == "__main__" and "RANK" in os.environ and "LOCAL_RANK" in os.environ:
     # A rank of `torchrun -m flows.train`: run this rank's share of the job, without Prefect (not imported).
-    from linreg.launch.job import exit_now, rank_main
+    from linreg.launch.ending import exit_now
+    from linreg.launch.job import rank_main
 
     exit_now(rank_main(sys.argv[1:]))
 if __name__ == "__main__":
@@ -39,7 +40,9 @@ if __name__ == "__main__":
     from flows import cli
 
     if cli.no_server_configured():  # ad hoc, no server: the steps in process; Prefect is not imported
-        sys.exit(cli.train_command(sys.argv[1:], __doc__.split("\n\n")[0], record=None))
+        from linreg.launch.ending import exit_now
+
+        exit_now(cli.train_command(sys.argv[1:], __doc__.split("\n\n")[0], record=None))
     cli.begin_head_start(sys.argv[1:], __doc__.split("\n\n")[0])  # plan and join begin while Prefect imports
 
 from prefect import flow, get_run_logger
@@ -97,4 +100,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from linreg.launch.ending import exit_now
+
+    exit_now(main())  # Prefect's queues of logs and events drained first

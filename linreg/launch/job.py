@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING
 from linreg import redact
 from linreg.config import TrainConfig, build_parser, config_from_args
 from linreg.errors import EXIT_FAILURE, EXIT_OK, InputError, report_error
+from linreg.launch.ending import exit_now
 from linreg.launch.identity import job_run_id, restart_count
 from linreg.models.fit import GRADIENT_TRAINERS
 from linreg.outputs import commit
@@ -72,8 +73,14 @@ def run_rank(config: TrainConfig, *, plan_file: str | None = None, result_file: 
     """Run this rank's part of the job; rank 0 returns the RunSummary (or writes `result_file`), others None."""
     signal.signal(signal.SIGTERM, _terminate)
     device = config.device if config.trainer in GRADIENT_TRAINERS else "cpu"  # exact: CPU and gloo, whatever the GPUs
-    cluster = cluster or dist.setup(device, timeout_seconds=config.dist_timeout_seconds)
-    plan = _shared_plan(config, cluster, plan_file)
+    try:  # a rank that never joins, or hangs before the plan is shared, times the others out here
+        cluster = cluster or dist.setup(device, timeout_seconds=config.dist_timeout_seconds,
+                                        tensors=config.trainer in GRADIENT_TRAINERS)  # exact: objects only, no torch
+        plan = _shared_plan(config, cluster, plan_file)
+    except Exception as exc:
+        if not isinstance(exc, InputError):  # input errors are reported as they are, by every rank
+            _record_error(int(os.environ.get("RANK", 0)), exc)
+        raise
     own_work_dir = cluster.is_main and plan_file is None  # rank 0 made the plan here: its work dir is ours
     if not own_work_dir:
         plan = dataclasses.replace(plan, work_dir=tempfile.mkdtemp(prefix=f"linreg-{plan.run_id}-rank{cluster.rank}-"))
@@ -189,19 +196,6 @@ def sweep_attempts(output: str, run_id: str, keep: str | None = None) -> list[st
     return removed
 
 
-def exit_now(code: int) -> None:
-    """End the rank with `code` once its output is flushed, skipping the interpreter's finalization (freeing
-    the rank's arrays, torch's and DuckDB's destructors: about 0.4 s at 10M rows a rank, which the launcher
-    would wait for). Everything the rank owns is closed or removed before `rank_main` returns."""
-    logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
-    os._exit(code)
-
-
 def _terminate(signum, frame):
     raise Terminated(f"signal {signum}")
 
@@ -278,4 +272,4 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     from linreg.launch import job  # run as linreg.launch.job, not __main__: rank 0's pickled RankResult must unpickle elsewhere
 
-    job.exit_now(job.main())
+    exit_now(job.main())

@@ -28,6 +28,7 @@ import uuid
 from typing import Callable
 
 from linreg.outputs.locks import proc_stat
+from linreg.parallel import objects
 
 POLL_SECONDS = 0.05
 
@@ -70,7 +71,7 @@ def run(nproc: int, rank_args: list[str], env: dict, on_line: Callable[[str], No
 
 
 def _attempt(nproc, rank_args, env, on_line, restart, max_restarts, run_id, grace, cwd) -> Attempt:
-    port = free_port()
+    port, key = free_port(), objects.new_key()
     lines: queue.Queue = queue.Queue()
     procs, readers = [], []
     failures: list[tuple[int, int, int]] = []
@@ -81,7 +82,8 @@ def _attempt(nproc, rank_args, env, on_line, restart, max_restarts, run_id, grac
                             LOCAL_WORLD_SIZE=str(nproc), GROUP_RANK="0", GROUP_WORLD_SIZE="1", ROLE_RANK=str(rank),
                             ROLE_WORLD_SIZE=str(nproc), ROLE_NAME="default", MASTER_ADDR="127.0.0.1",
                             MASTER_PORT=str(port), TORCHELASTIC_RUN_ID=run_id,
-                            TORCHELASTIC_RESTART_COUNT=str(restart), TORCHELASTIC_MAX_RESTARTS=str(max_restarts))
+                            TORCHELASTIC_RESTART_COUNT=str(restart), TORCHELASTIC_MAX_RESTARTS=str(max_restarts),
+                            **{objects.KEY_ENV: key})  # the torch-free group's key (exact ranks)
             rank_env.setdefault("OMP_NUM_THREADS", "1")  # as torchrun sets it: one thread per rank
             proc = subprocess.Popen([sys.executable, *rank_args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                     text=True, errors="replace", bufsize=1, env=rank_env, cwd=cwd)

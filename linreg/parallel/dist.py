@@ -4,7 +4,9 @@ Under torchrun (RANK, WORLD_SIZE, LOCAL_RANK in the environment) `setup()` joins
 with one GPU per rank (cuda:LOCAL_RANK) when the device is CUDA, gloo on CPU. Every collective
 (`all_reduce_sum`, `all_gather_object`, `raise_first_error`, `union_sorted`...) is an identity with one
 process, so callers never branch on distribution. With one process nothing here imports torch until a
-tensor device is asked for (`Cluster.device`): the exact trainer runs without it.
+tensor device is asked for (`Cluster.device`): the exact trainer runs without it. Nor does it with several
+ranks on one machine: `setup(tensors=False)` joins the group of `linreg.parallel.objects` (sockets, no
+torch) when the one-machine launcher gave its key, and every collective here then goes through it.
 """
 
 from __future__ import annotations
@@ -20,6 +22,10 @@ from linreg.errors import InputError
 
 if TYPE_CHECKING:
     import torch
+
+    from linreg.parallel.objects import ObjectGroup
+
+_objects: ObjectGroup | None = None  # this process's torch-free group, when it joined one (`setup`)
 
 
 class Cluster:
@@ -73,7 +79,9 @@ class Cluster:
 
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """Sum `tensor` over all ranks in place and return it (identity with one process)."""
-        if self.distributed:
+        if self.distributed and _objects is not None:
+            tensor.copy_(sum(_objects.all_gather(tensor.cpu())).to(tensor.device))
+        elif self.distributed:
             import torch.distributed as tdist
 
             tdist.all_reduce(tensor, op=tdist.ReduceOp.SUM)
@@ -83,6 +91,8 @@ class Cluster:
         """The largest of every rank's `value` (a Python float; -inf stands for a rank without data)."""
         if not self.distributed:
             return value
+        if _objects is not None:
+            return max(_objects.all_gather(float(value)))
         import torch
         import torch.distributed as tdist
 
@@ -94,6 +104,8 @@ class Cluster:
         """[rank 0's obj, rank 1's obj, ...]: small picklable values (states, counts, rows), in rank order."""
         if not self.distributed:
             return [obj]
+        if _objects is not None:
+            return _objects.all_gather(obj)
         import torch.distributed as tdist
 
         gathered = [None] * self.world_size
@@ -104,6 +116,8 @@ class Cluster:
         """`obj` of rank `src` on every rank."""
         if not self.distributed:
             return obj
+        if _objects is not None:
+            return _objects.broadcast(obj, src)
         import torch.distributed as tdist
 
         box = [obj]
@@ -112,7 +126,9 @@ class Cluster:
 
     def barrier(self) -> None:
         """Wait until every rank is here (bounded by the process group's timeout)."""
-        if self.distributed:
+        if self.distributed and _objects is not None:
+            _objects.all_gather(None)
+        elif self.distributed:
             import torch.distributed as tdist
 
             tdist.barrier()
@@ -150,6 +166,8 @@ class Cluster:
     def backend(self) -> str | None:
         if not self.distributed:
             return None
+        if _objects is not None:
+            return "objects"
         import torch.distributed as tdist
 
         return tdist.get_backend() if tdist.is_initialized() else None
@@ -179,13 +197,23 @@ def local_ranks(cluster: Cluster) -> int:
 
 
 def setup(device: str = config_default("device"),
-          timeout_seconds: float = config_default("dist_timeout_seconds")) -> Cluster:
-    """The Cluster of this process; joins the torchrun process group when launched by torchrun."""
+          timeout_seconds: float = config_default("dist_timeout_seconds"), *, tensors: bool = True) -> Cluster:
+    """The Cluster of this process; joins the torchrun process group when launched by torchrun. tensors=False
+    (a job that exchanges only objects: the exact trainer, on the CPU) joins the torch-free group of
+    `linreg.parallel.objects` instead when the one-machine launcher gave its key (objects.KEY_ENV)."""
+    global _objects
     rank = int(os.environ.get("RANK", 0))
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     dev = _device(device, local_rank)
-    if world_size > 1:
+    from linreg.parallel import objects
+
+    if world_size > 1 and not tensors and dev == "cpu" and os.environ.get(objects.KEY_ENV):
+        if _objects is None:
+            _objects = objects.ObjectGroup.connect(rank, world_size, os.environ["MASTER_ADDR"],
+                                                   int(os.environ["MASTER_PORT"]),
+                                                   bytes.fromhex(os.environ[objects.KEY_ENV]), timeout_seconds)
+    elif world_size > 1:
         import torch
         import torch.distributed as tdist
 
@@ -223,7 +251,11 @@ def backend_for(device: torch.device) -> str:
 
 
 def teardown() -> None:
-    """Leave the process group (idempotent; without importing torch when nothing did)."""
+    """Leave the process group or the torch-free group (idempotent; without importing torch when nothing did)."""
+    global _objects
+    if _objects is not None:
+        _objects.close()
+        _objects = None
     tdist = sys.modules.get("torch.distributed")
     if tdist is not None and tdist.is_initialized():
         tdist.destroy_process_group()

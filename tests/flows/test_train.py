@@ -186,6 +186,8 @@ def _modules_after_a_run(tmp_path, argv: list[str]) -> tuple[subprocess.Complete
     """Run `python -m flows.train argv` (no server configured) in a fresh interpreter; the heavy modules it loaded."""
     shutil.copytree(SAMPLE, tmp_path / "data" / "sample", dirs_exist_ok=True)
     probe = (f"import runpy, sys\nsys.argv = ['flows.train'] + {argv!r}\n"
+             "import linreg.launch.ending as ending\n"  # end with SystemExit, so that this probe can look after the run
+             "ending.exit_now = sys.exit\n"
              "try:\n    runpy.run_module('flows.train', run_name='__main__')\nexcept SystemExit as exc:\n"
              "    assert exc.code == 0, exc.code\n"
              "print('HEAVY', sorted(m for m in ('torch', 'prefect', 'matplotlib') if m in sys.modules), file=sys.stderr)\n")
@@ -266,6 +268,9 @@ def test_a_command_with_a_server_begins_plan_and_join_ahead_and_records_them_as_
                                                                       "evaluate-ahead", "commit-ahead"}
     assert any("begun while the flow run started" in m for m in logs["plan-ahead"])
     assert any("begun while the flow run started" in m for m in logs["validate-and-join-ahead"])
+    # the command ends without the interpreter's finalization (linreg.launch.ending), after Prefect's queues
+    # are drained: the flow run's last line is on the server when the command has exited
+    assert any("Finished in state Completed" in m for m in logs[None])
     for dataset in ("weights", "metrics", "predictions"):
         tables = [pq.read_table(tmp_path / out / dataset / "run_id=ahead") for out in ("recorded", "plain")]
         columns = [c for c in ("split", "target", "term", "metric", "region", "year") if c in tables[0].column_names]
