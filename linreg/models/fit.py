@@ -221,7 +221,9 @@ def _accumulate(batches, p: int, k: int, fit_intercept: bool, *, gradient: bool,
         if seen.parts is not None and memory_limit is not None and held > memory_limit:
             seen.parts = None
         if seen.parts is not None:
-            seen.parts.append(np.hstack([X, Y] if w is None else [X, Y, np.asarray(w)[:, None]]).astype(np.float32))
+            # row-major: the trainers gather rows (a gather of 15.7M column-major rows took 7 s, row-major 0.6 s)
+            seen.parts.append(np.hstack([X, Y] if w is None else [X, Y, np.asarray(w)[:, None]]).astype(np.float32,
+                                                                                                     order="C"))
     # every rank ends with the merged (all-rank) factor and moments
     if seen.folds is not None:
         seen.folds = [merge.merge_exact(cluster, acc) for acc in seen.folds]
