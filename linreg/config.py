@@ -178,7 +178,7 @@ class TrainConfig(BaseModel):
                                 "epoch and RNG state every this many epochs (0: never).")
     resume: bool = Field(True, description="Resume from a snapshot of the same run id, configuration and inputs "
                          "(--no-resume starts over).", json_schema_extra=_cli(negate="--no-resume"))
-    average_every: int = Field(16, ge=1, description="nn trainer with several ranks: each rank steps on its own "
+    average_every: int = Field(64, ge=1, description="nn trainer with several ranks: each rank steps on its own "
                                "rows and the ranks' models are averaged, weighted by rows, every this many steps and "
                                "at the end of every epoch (local SGD: one collective per this many steps, not one per "
                                "step); training MSE within 1% of one process's (docs/scaling.md). 1: DDP's all-reduce "

@@ -74,8 +74,9 @@ def run_rank(config: TrainConfig, *, plan_file: str | None = None, result_file: 
     signal.signal(signal.SIGTERM, _terminate)
     device = config.device if config.trainer in GRADIENT_TRAINERS else "cpu"  # exact: CPU and gloo, whatever the GPUs
     try:  # a rank that never joins, or hangs before the plan is shared, times the others out here
-        cluster = cluster or dist.setup(device, timeout_seconds=config.dist_timeout_seconds,
-                                        tensors=config.trainer in GRADIENT_TRAINERS)  # exact: objects only, no torch
+        # only DistributedDataParallel (nn with --average-every 1) needs torch's process group on the CPU
+        ddp = config.trainer == "nn" and config.average_every == 1
+        cluster = cluster or dist.setup(device, timeout_seconds=config.dist_timeout_seconds, process_group=ddp)
         plan = _shared_plan(config, cluster, plan_file)
     except Exception as exc:
         if not isinstance(exc, InputError):  # input errors are reported as they are, by every rank

@@ -4,9 +4,11 @@ Under torchrun (RANK, WORLD_SIZE, LOCAL_RANK in the environment) `setup()` joins
 with one GPU per rank (cuda:LOCAL_RANK) when the device is CUDA, gloo on CPU. Every collective
 (`all_reduce_sum`, `all_gather_object`, `raise_first_error`, `union_sorted`...) is an identity with one
 process, so callers never branch on distribution. With one process nothing here imports torch until a
-tensor device is asked for (`Cluster.device`): the exact trainer runs without it. Nor does it with several
-ranks on one machine: `setup(tensors=False)` joins the group of `linreg.parallel.objects` (sockets, no
-torch) when the one-machine launcher gave its key, and every collective here then goes through it.
+tensor device is asked for (`Cluster.device`): the exact trainer runs without it. Several ranks on one
+machine's CPUs that need no torch process group (`setup(process_group=False)`: all but DDP and NCCL) join
+the group of `linreg.parallel.objects` (sockets in the calling thread) when the one-machine launcher gave its
+key, and every collective here then goes through it: exact ranks never import torch, and local SGD's
+averaging costs a round trip instead of gloo's few milliseconds on a machine whose cores the ranks keep busy.
 """
 
 from __future__ import annotations
@@ -197,10 +199,10 @@ def local_ranks(cluster: Cluster) -> int:
 
 
 def setup(device: str = config_default("device"),
-          timeout_seconds: float = config_default("dist_timeout_seconds"), *, tensors: bool = True) -> Cluster:
-    """The Cluster of this process; joins the torchrun process group when launched by torchrun. tensors=False
-    (a job that exchanges only objects: the exact trainer, on the CPU) joins the torch-free group of
-    `linreg.parallel.objects` instead when the one-machine launcher gave its key (objects.KEY_ENV)."""
+          timeout_seconds: float = config_default("dist_timeout_seconds"), *, process_group: bool = True) -> Cluster:
+    """The Cluster of this process; joins the torchrun process group when launched by torchrun.
+    process_group=False (a job on the CPU that needs no torch process group: no DistributedDataParallel) joins
+    the group of `linreg.parallel.objects` instead when the one-machine launcher gave its key (objects.KEY_ENV)."""
     global _objects
     rank = int(os.environ.get("RANK", 0))
     world_size = int(os.environ.get("WORLD_SIZE", 1))
@@ -208,7 +210,7 @@ def setup(device: str = config_default("device"),
     dev = _device(device, local_rank)
     from linreg.parallel import objects
 
-    if world_size > 1 and not tensors and dev == "cpu" and os.environ.get(objects.KEY_ENV):
+    if world_size > 1 and not process_group and dev == "cpu" and os.environ.get(objects.KEY_ENV):
         if _objects is None:
             _objects = objects.ObjectGroup.connect(rank, world_size, os.environ["MASTER_ADDR"],
                                                    int(os.environ["MASTER_PORT"]),

@@ -492,7 +492,7 @@ def test_local_sgd_reaches_the_training_loss_of_one_process_with_fewer_collectiv
     region, X, Y = skewed_rows(seed=4, regions=30)
     base = dict(batch_size=256, epochs=8, tol=0, device="cpu", seed=1)
     one = ok(run_ranks(tmp_path, 1, _fit_shard, region, X, Y, "nn", TrainOptions(**base)))[0]
-    for every in (1, 8):  # 1: DDP's all-reduce of every step's gradients; 8: local SGD
+    for every in (1, 8, 64):  # 1: DDP's all-reduce of every step's gradients; 8 and 64 (the default): local SGD
         two = ok(run_ranks(tmp_path, 2, _fit_shard, region, X, Y, "nn", TrainOptions(**base, average_every=every)))
         assert min(r[0] for r in two) > 0
         np.testing.assert_array_equal(two[0][1], two[1][1])  # the ranks end with one model
