@@ -42,17 +42,21 @@ def feature_sql(columns: Columns, alias: str) -> list[str]:
     """SELECT items of the features from weather view `alias`, each named by its canonical term: a plain
     column as it is stored, an expression computed in DOUBLE (`linreg.features.expression.to_sql`). A key used
     as a feature (a trend) has no item: the key column is it."""
+    return [f"{sql} AS {quote(term)}" for term, sql in feature_expressions(columns, alias)
+            if term not in columns.keys]
+
+
+def feature_expressions(columns: Columns, alias: str) -> list[tuple[str, str]]:
+    """(term, SQL) of every feature over weather view `alias` (a key used as a feature: the key column)."""
     trees = columns.spec.trees if columns.spec else [Column(f) for f in columns.features]
-    items = []
+    found = []
     for term, tree in zip(columns.features, trees):
-        if isinstance(tree, Column) and tree.name in columns.keys:
-            continue
         if isinstance(tree, Column):
-            sql = f"{alias}.{quote(tree.name)}"
+            found.append((term, f"{alias}.{quote(tree.name)}"))
         else:
-            sql = _unless_null(to_sql(tree, lambda n: f"{alias}.{quote(n)}"), column_names(tree), "row", alias)
-        items.append(f"{sql} AS {quote(term)}")
-    return items
+            found.append((term, _unless_null(to_sql(tree, lambda n: f"{alias}.{quote(n)}"), column_names(tree),
+                                             "row", alias)))
+    return found
 
 
 def domain_error(spec: Features, term: str, examples: str, where: str) -> InputError:

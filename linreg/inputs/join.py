@@ -29,7 +29,7 @@ from linreg.config import usable_cpus
 from linreg.errors import InputError, format_examples
 from linreg.features.expression import Column
 from linreg.inputs.buckets import FixedBatches, bucket_count, bucket_cuts, partition_inputs, value_bytes
-from linreg.inputs.derive import domain_error, feature_sql, weather_sql
+from linreg.inputs.derive import domain_error, feature_expressions, feature_sql, weather_sql
 from linreg.inputs.schema import Columns, key_kind
 from linreg.inputs.sql import MIN_DUCKDB_MEMORY, quote
 from linreg.inputs.tables import Table, is_input_fault
@@ -38,6 +38,7 @@ from linreg.inputs.checks import (MAX_EXAMPLES, MAX_KEY_CHARS, bad_mask, check_v
 
 JOINED_BATCH_ROWS = 128 * 1024  # rows per record batch of the joined file
 KEY_HASH = "__linreg_key_hash"
+BAD_ROW = "__linreg_bad_row"  # true where a feature, target or weight is null, NaN or infinite (DuckDB computes it)
 log = logging.getLogger(__name__)
 REGION_INDEX = "__region_index"  # column of the joined rows: the row's region's number in JoinResult.regions_path
 
@@ -242,14 +243,15 @@ def _join_tables(con: duckdb.DuckDBPyConnection, weather: Table, yields: Table, 
                 reader = con.sql(join_query(columns, weight_column, views[0], views[1], ordered)
                                  ).to_arrow_reader(JOINED_BATCH_ROWS)
                 if writer is None:
-                    schema = reader.schema.remove(reader.schema.get_field_index(KEY_HASH))
+                    schema = pa.schema([f for f in reader.schema if f.name not in (KEY_HASH, BAD_ROW)])
                     writer = pa.ipc.new_file(sink, schema)
                 for batch in reader:
                     batch.column(KEY_HASH).to_numpy().tofile(hashes)
-                    batch = batch.drop_columns([KEY_HASH])
-                    bad = first_bad_value(batch, values)
-                    if bad is not None:
-                        raise _bad_value_error(weather, yields, columns, weight_column, batch, bad)
+                    if pc.any(batch.column(BAD_ROW)).as_py():  # only then is each column looked at
+                        bad = first_bad_value(batch, values)
+                        if bad is not None:
+                            raise _bad_value_error(weather, yields, columns, weight_column, batch, bad)
+                    batch = batch.drop_columns([KEY_HASH, BAD_ROW])
                     batch = batch.cast(schema) if batch.schema != schema else batch
                     for full in (cut.add(batch) if ordered or partitioned is not None else [batch]):
                         writer.write_batch(full)
@@ -359,14 +361,20 @@ def region_index(weather_regions: pa.Table, yields_regions: pa.Table) -> tuple[p
 
 def join_query(columns: Columns, weight_column: str | None, weather: str, yields: str, ordered: bool) -> str:
     """The join of views `weather` and `yields` with the regions (`linreg_regions`): keys, features, targets,
-    weight, region number and a 64-bit hash of the keys; for `ordered`, sorted by region number (the
+    weight, region number, a 64-bit hash of the keys and whether a value of the row is null, NaN or infinite
+    (`BAD_ROW`: the threads of DuckDB compute it, and the loop over the batches looks at one column); for
+    `ordered`, sorted by region number (the
     regions' sort order: an integer is cheaper to sort, and to spill, than the region's text), then the
     other keys."""
     on = " AND ".join(f"w.{quote(k)} = y.{quote(k)}" for k in columns.keys)
+    values = ([sql for _, sql in feature_expressions(columns, "w")] + [f"y.{quote(t)}" for t in columns.targets]
+              + ([f"y.{quote(weight_column)}"] if weight_column else []))
+    finite = " AND ".join(f"coalesce(isfinite(CAST({v} AS DOUBLE)), false)" for v in values)  # null: not finite
     select = ", ".join([f"w.{quote(k)}" for k in columns.keys] + feature_sql(columns, "w")
                        + [f"y.{quote(t)}" for t in columns.targets]
                        + ([f"y.{quote(weight_column)}"] if weight_column else [])  # --weight-column
-                       + [f"r.{REGION_INDEX}", f"hash({', '.join(f'w.{quote(k)}' for k in columns.keys)}) AS {KEY_HASH}"])
+                       + [f"r.{REGION_INDEX}", f"hash({', '.join(f'w.{quote(k)}' for k in columns.keys)}) AS {KEY_HASH}",
+                          f"NOT ({finite}) AS {BAD_ROW}"])
     order = " ORDER BY " + ", ".join([f"r.{REGION_INDEX}"] + [f"w.{quote(k)}" for k in columns.keys
                                                                if k != columns.region]) if ordered else ""
     return (f"SELECT {select} FROM {weather} w JOIN {yields} y ON {on} JOIN linreg_regions r "
