@@ -87,35 +87,39 @@ def current() -> HeadStart | None:
 def plan_run(config: TrainConfig) -> tuple[steps.RunPlan, bool]:
     """The plan of `config`: the head start's (waited for) when it began with this configuration and no
     task took it yet, else planned now; and whether it was begun ahead."""
-    start = _current
-    with _lock:
-        take = start is not None and not start.plan_taken and start.config == config
-        if take:
-            start.plan_taken = True
-    if not take:
+    start = _claim("plan_taken", lambda s: s.config == config)
+    if start is None:
         return steps.plan_run(config), False
-    start.planned.wait()
-    _release_logs(start, until_done=False)
-    if start.plan is None:
-        raise start.error
-    return start.plan, True
+    return _result(start, start.planned, lambda: start.plan, until_done=False), True
 
 
 def join_inputs(plan: steps.RunPlan) -> tuple[JoinResult, bool]:
     """The join of `plan`: the head start's (waited for) when `plan` is its plan, else joined now; and
     whether it was begun ahead."""
+    start = _claim("join_taken", lambda s: s.plan is plan)
+    if start is None:
+        return steps.join_inputs(plan), False
+    return _result(start, start.done, lambda: start.joined, until_done=True), True
+
+
+def _claim(flag: str, belongs) -> HeadStart | None:
+    """This process's head start when `belongs(start)` holds and its `flag` ('plan_taken', 'join_taken') is
+    not set yet, which this sets: each result is taken once."""
     start = _current
     with _lock:
-        take = start is not None and start.plan is plan and not start.join_taken
-        if take:
-            start.join_taken = True
-    if not take:
-        return steps.join_inputs(plan), False
-    start.done.wait()
-    _release_logs(start, until_done=True)
-    if start.joined is None:
+        if start is None or getattr(start, flag) or not belongs(start):
+            return None
+        setattr(start, flag, True)
+        return start
+
+
+def _result(start: HeadStart, ready: threading.Event, value, *, until_done: bool):
+    """`value()` once `ready` is set, after writing the log lines held back; the step's error if it failed."""
+    ready.wait()
+    _release_logs(start, until_done=until_done)
+    if value() is None:
         raise start.error
-    return start.joined, True
+    return value()
 
 
 def discard(plan: steps.RunPlan) -> None:
