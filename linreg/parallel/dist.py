@@ -210,7 +210,8 @@ def setup(device: str = config_default("device"),
     dev = _device(device, local_rank)
     from linreg.parallel import objects
 
-    if world_size > 1 and not process_group and dev == "cpu" and os.environ.get(objects.KEY_ENV):
+    one_machine = int(os.environ.get("LOCAL_WORLD_SIZE", world_size)) == world_size
+    if world_size > 1 and not process_group and dev == "cpu" and one_machine and os.environ.get(objects.KEY_ENV):
         if _objects is None:
             _objects = objects.ObjectGroup.connect(rank, world_size, os.environ["MASTER_ADDR"],
                                                    int(os.environ["MASTER_PORT"]),
