@@ -11,7 +11,7 @@ import traceback
 from typing import Callable
 
 from linreg import redact
-from linreg.errors import EXIT_FAILURE, EXIT_OK, InputError, report_error
+from linreg.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, InputError, report_error
 
 
 class ServerUnreachable(Exception):
@@ -28,6 +28,9 @@ def run(action: Callable[[], str | int]) -> int:
             return text
     except (InputError, ServerUnreachable) as exc:
         return report_error(exc)
+    except KeyboardInterrupt:
+        print(INTERRUPTED, file=sys.stderr)
+        return EXIT_INTERRUPTED
     except Exception:
         print(redact.redact("unexpected failure (not an input problem):\n" + traceback.format_exc()),
               file=sys.stderr)
@@ -36,6 +39,8 @@ def run(action: Callable[[], str | int]) -> int:
     return EXIT_OK
 
 
+INTERRUPTED = ("interrupted: stopped by Ctrl-C. Committed runs are untouched, and this run was not committed; "
+               "had its commit begun, the next run on this output finishes it.")
 NOT_RECORDED = ("note: no Prefect server is configured, so this run is not recorded in Prefect (no flow run, no "
                 "artifacts); its outputs are the same. To record runs: prefect server start, then "
                 "prefect config set PREFECT_API_URL=http://127.0.0.1:4200/api")
@@ -125,13 +130,12 @@ def train_command(argv: list[str] | None, description: str, record: Callable | N
         return (f"inputs and configuration unchanged since run {summary.run_id}: not retrained "
                 "(--skip-if-unchanged)\n" if reused else "") + summary.text()
 
-    interrupted = True  # run() turns every Exception into an exit code: only Ctrl-C or SystemExit pass
+    code = EXIT_INTERRUPTED  # run() turns every Exception and Ctrl-C into an exit code: SystemExit passes
     try:
         code = run(action)
-        interrupted = False
         return code
     finally:
-        _end_head_start(wait=not interrupted)  # an interrupted command does not wait for a head start's join
+        _end_head_start(wait=code != EXIT_INTERRUPTED)  # an interrupted command does not wait for a head start
 
 
 def begin_head_start(argv: list[str], description: str) -> None:

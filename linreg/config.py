@@ -18,7 +18,7 @@ from typing import Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from linreg.errors import EXIT_BAD_INPUT, EXIT_CONFLICT, EXIT_FAILURE, InputError
+from linreg.errors import EXIT_BAD_INPUT, EXIT_CONFLICT, EXIT_FAILURE, EXIT_INTERRUPTED, InputError
 from linreg.features.expression import split_top_level
 
 # Not nan, inf, infinity, true, false or epoch (any case): Polars' hive partitioning reads some as numbers or
@@ -325,7 +325,8 @@ def build_parser(prog: str = "python -m flows.train", description: str | None = 
         prog=prog, description=description,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         epilog=f"Exit codes: 0 success; {EXIT_BAD_INPUT} bad input (data, configuration or command line); "
-               f"{EXIT_CONFLICT} run id conflict; {EXIT_FAILURE} any other failure.")
+               f"{EXIT_CONFLICT} run id conflict; {EXIT_INTERRUPTED} stopped by Ctrl-C; {EXIT_FAILURE} any other "
+               "failure.")
     groups: dict[str, argparse._MutuallyExclusiveGroup] = {}
     for name, field in model.model_fields.items():
         extra = (field.json_schema_extra or {}).get("cli", {}) if isinstance(field.json_schema_extra, dict) else {}

@@ -11,6 +11,7 @@ EXIT_OK = 0
 EXIT_FAILURE = 1     # anything unexpected: a bug, a disk or network failure
 EXIT_BAD_INPUT = 2   # bad data, bad configuration or bad command line: fix the input and rerun
 EXIT_CONFLICT = 3    # another run with the same run id committed (or is committing) first
+EXIT_INTERRUPTED = 130  # stopped by Ctrl-C (128 + SIGINT, as a shell reports it)
 
 
 class InputError(ValueError):

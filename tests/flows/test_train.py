@@ -302,3 +302,30 @@ def test_an_input_error_begun_ahead_fails_its_task_with_one_paragraph_and_writes
     assert not any((tmp_path / "out").rglob("*.parquet"))
     assert not (tmp_path / "out" / "_staging").exists() or not os.listdir(tmp_path / "out" / "_staging")
     assert _task_logs(run_id)["state"] == "FAILED"
+
+
+def test_ctrl_c_exits_130_with_one_line_and_leaves_nothing_staged(tmp_path):
+    """Ctrl-C in the middle of a run (no server: the steps in process): exit 130, one line saying what
+    became of the run, no traceback, and the run's staging area removed."""
+    import signal
+    import time
+
+    shutil.copytree(SAMPLE, tmp_path / "data" / "sample")
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env.update(PYTHONPATH=str(REPO), PREFECT_HOME=str(tmp_path / "prefect-home"))
+    proc = subprocess.Popen([sys.executable, "-m", "flows.train", "--trainer", "nn", "--epochs", "1000000", "--tol",
+                             "0", "--output", "out"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    staging = tmp_path / "out" / "_staging"
+    deadline = time.monotonic() + 120
+    while not (staging.exists() and any(staging.iterdir())):  # planned: the run is under way
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    time.sleep(1.0)  # training
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stdout + stderr
+    assert [line for line in stderr.splitlines() if line.startswith("interrupted: ")] == [cli.INTERRUPTED]
+    assert not any(staging.iterdir()) if staging.exists() else True
+    assert not (tmp_path / "out" / "weights").exists()
