@@ -41,6 +41,8 @@ class ObjectGroup:
 
     def __init__(self, rank: int, world_size: int, peers: dict[int, socket.socket], timeout: float):
         self.rank, self.world_size, self.peers, self.timeout = rank, world_size, peers, timeout
+        for sock in peers.values():  # sends and receives wait this long, not what was left of the handshake's time
+            sock.settimeout(timeout)
 
     @classmethod
     def connect(cls, rank: int, world_size: int, host: str, port: int, key: bytes, timeout: float) -> "ObjectGroup":
@@ -85,12 +87,14 @@ class ObjectGroup:
         try:
             self.peers[rank].sendall(_LENGTH.pack(len(data)))
             self.peers[rank].sendall(data)
+        except socket.timeout:
+            raise GroupError(f"rank {self.rank} timed out sending to rank {rank}: not read within {self.timeout:g} s "
+                             "(--dist-timeout-seconds); it hangs or is stopped") from None
         except OSError as exc:
             raise GroupError(f"rank {self.rank} could not send to rank {rank}: {exc} (it ended or failed)") from None
 
     def _receive(self, rank: int) -> bytes:
         sock = self.peers[rank]
-        sock.settimeout(self.timeout)
         try:
             (length,) = _LENGTH.unpack(_exactly(sock, _LENGTH.size))
             return _exactly(sock, length)

@@ -138,3 +138,34 @@ def test_two_exact_ranks_load_no_torch_and_equal_one_process(tmp_path):
                for out in ("one", "two")]
     np.testing.assert_allclose(weights[1].column("weight").to_numpy(), weights[0].column("weight").to_numpy(),
                                rtol=1e-10)
+
+
+def test_a_first_large_broadcast_waits_the_groups_timeout_not_the_handshakes():
+    """Rank 1 joins late (after most of the joining time passed) and reads slowly: rank 0's first message,
+    larger than the sockets' buffers, still goes through within the group's timeout."""
+    big = bytes(32 << 20)
+
+    def work(group):
+        if group.rank == 1:
+            time.sleep(2.5)  # rank 0 is blocked sending meanwhile
+        return len(group.broadcast(big if group.rank == 0 else None, src=0))
+
+    port, key = _port(), bytes.fromhex(new_key())
+    results = [None, None]
+
+    def rank(r):
+        if r == 1:
+            time.sleep(3.4)  # joins with about 0.6 s of the 4 s left
+        try:
+            group = ObjectGroup.connect(r, 2, "127.0.0.1", port, key, 4.0)  # joining and every wait: 4 s
+            results[r] = work(group)
+            group.close()
+        except BaseException as exc:  # noqa: BLE001
+            results[r] = exc
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert results == [len(big), len(big)], results
