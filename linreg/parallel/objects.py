@@ -10,7 +10,7 @@ instead:
   unpickled, each side proves it holds the attempt's key: HMAC-SHA256 of the other side's random challenge;
 - a message is its length (8 bytes) and a pickle. Rank 0 relays: `all_gather` collects every rank's object
   in rank order and sends the list back; `broadcast` sends one rank's object to all;
-- every receive waits at most `timeout` seconds (--dist-timeout-seconds). A rank that ended closes its
+- every send and receive waits at most `timeout` seconds (--dist-timeout-seconds). A rank that ended closes its
   connection and the others fail at once naming it; one that hangs fails them after the timeout, as gloo
   does. The launcher then stops the job.
 
