@@ -2,7 +2,7 @@
 
 The exact trainer's ranks exchange only small Python objects (the sharding, row counts, region lists, each
 rank's (p + k + 1)^2 factor, metric sums), never tensors, and importing torch took a rank about 1 s of its
-core (a third of a 4M-row rank's work) only to reach gloo. With the one-machine launcher
+core only to reach gloo. With the one-machine launcher
 (`linreg.launch.local`, which sets KEY_ENV to a random key per attempt) an exact job's ranks form this group
 instead:
 
