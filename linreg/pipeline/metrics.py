@@ -38,16 +38,6 @@ class SplitErrors:
     def n(self) -> int:
         return self.y.n
 
-    def update(self, y: np.ndarray, pred: np.ndarray, weight: np.ndarray | None = None) -> None:
-        """y, pred: (m, k) float64; weight (m,) or None."""
-        if len(y):
-            diff = y - pred
-            if weight is None:
-                self.sse += np.einsum("ij,ij->j", diff, diff)
-            else:
-                self.sse += np.einsum("i,ij,ij->j", np.asarray(weight, dtype=np.float64), diff, diff)
-            self.y.update(y, weight)
-
     def add_rows(self, y: np.ndarray, squared_errors: np.ndarray, weight: np.ndarray, n: int) -> None:
         """The `n` rows of a batch where `weight` (m,) is not 0 (a split's rows; weight 0 elsewhere): y (m, k)
         float64, squared_errors (m, k), their (unweighted) squared residuals. No row is copied."""

@@ -60,7 +60,8 @@ def test_mse_read_back_from_metric_rows():
     rng = np.random.default_rng(3)
     splits = {"train": SplitErrors(2), "holdout": SplitErrors(2)}
     for acc in splits.values():
-        acc.update(rng.random((50, 2)), rng.random((50, 2)))
+        y, pred = rng.random((50, 2)), rng.random((50, 2))
+        acc.add_rows(y, (y - pred) ** 2, np.ones(50), 50)
     rows = metric_rows(splits, TARGETS, optimum_rss=None)
     regions = pa.array(["a", "all", "b"])
     errors = region_errors(regions, 4)
