@@ -42,7 +42,7 @@ from linreg.config import TrainConfig, build_parser, config_from_args
 from linreg.errors import EXIT_FAILURE, EXIT_OK, InputError, report_error
 from linreg.launch.ending import exit_now
 from linreg.launch.identity import job_run_id, restart_count
-from linreg.models.fit import GRADIENT_TRAINERS
+from linreg.models.fit import GRADIENT_TRAINERS, uses_ddp
 from linreg.outputs import commit
 from linreg.parallel import dist
 from linreg.pipeline import steps
@@ -74,9 +74,8 @@ def run_rank(config: TrainConfig, *, plan_file: str | None = None, result_file: 
     signal.signal(signal.SIGTERM, _terminate)
     device = config.device if config.trainer in GRADIENT_TRAINERS else "cpu"  # exact: CPU and gloo, whatever the GPUs
     try:  # a rank that never joins, or hangs before the plan is shared, times the others out here
-        # only DistributedDataParallel (nn with --average-every 1) needs torch's process group on the CPU
-        ddp = config.trainer == "nn" and config.average_every == 1
-        cluster = cluster or dist.setup(device, timeout_seconds=config.dist_timeout_seconds, process_group=ddp)
+        cluster = cluster or dist.setup(device, timeout_seconds=config.dist_timeout_seconds,
+                                        process_group=uses_ddp(config.trainer, config.average_every))
         plan = _shared_plan(config, cluster, plan_file)
     except Exception as exc:
         if not isinstance(exc, InputError):  # input errors are reported as they are, by every rank

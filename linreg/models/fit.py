@@ -45,6 +45,12 @@ log = logging.getLogger(__name__)
 GRADIENT_TRAINERS = ("manual", "nn")  # `linreg.models.gradient` trains them (with torch); exact needs no torch
 
 
+def uses_ddp(trainer: str, average_every: int) -> bool:
+    """Whether several ranks train with DistributedDataParallel (nn with --average-every 1), which alone needs
+    torch's process group on the CPU; nn with --average-every > 1 runs local SGD (`merge.model_averager`)."""
+    return trainer == "nn" and average_every == 1
+
+
 @dataclass(frozen=True)
 class TrainOptions:
     """The trainer settings of TrainConfig (see there for what each means, and for the defaults)."""

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from linreg.inputs.batches import stack_float32
+from linreg.models.fit import uses_ddp
 from linreg.models.sources import ReshuffledRows, ShuffledOnceRows, StreamedSteps
 from linreg.models.standardize import Standardizer
 from linreg.models.trainers import ManualModel, PlainSGD, Schedule, TRAINERS, TrainResult, auto_lr, step_rows
@@ -65,7 +66,7 @@ def train(seen: Seen, trainer: str, options: TrainOptions, cluster: dist.Cluster
         torch.manual_seed(options.seed)  # nn.Linear's initialization
         model = nn.Linear(p, k, bias=options.fit_intercept).to(cluster.device)
         # local SGD (--average-every > 1, several ranks): no collective per step, the models averaged instead
-        local = cluster.distributed and options.average_every > 1
+        local = cluster.distributed and not uses_ddp(trainer, options.average_every)
         if isinstance(source, StreamedSteps):  # the update streamed epochs have always made
             optimizer = PlainSGD(model.parameters(), lr=lr)
         else:
