@@ -7,7 +7,8 @@ Every source has one interface (what `linreg.models.trainers` uses):
   streamed rows (`accumulates`: the gradient is summed over the blocks, then one update).
 - `loss(pred, Y, w, rows)`: a block's data loss, scaled so that the gradients summed over the step's blocks
   (and ranks) are the gradient of the step's (weighted) mean squared error; `ridge(weight, penalty)` the
-  penalty's term in the step's loss.
+  penalty's term in the step's loss. `own_loss(pred, Y, w)` (nn's sources): a rank's mean over its own block,
+  for local SGD, recorded as the loss of (block rows x world size) rows.
 - `epoch_loss(blocks, weight, bias, penalty)`: the epoch's loss for the stopping rule, from the blocks'
   detached losses (block loss, block rows, step rows) or from a pass over the rows.
 
@@ -40,6 +41,15 @@ def mean_weight(sample_weight: torch.Tensor | None, n_total: int, cluster: Clust
         return 1.0
     total = cluster.all_reduce_sum(sample_weight.sum(dtype=torch.float64).to(device))
     return float(total) / max(n_total, 1)
+
+
+def own_loss(pred: torch.Tensor, Y: torch.Tensor, w: torch.Tensor | None, mean_weight: float) -> torch.Tensor:
+    """A rank's own (weighted) mean squared error over its block of m > 0 rows (local SGD: the averaging
+    weighs the ranks by their rows): sum w_i ||r_i||^2 / (m * mean_weight * k); unweighted, F.mse_loss (one
+    operation: a step of this tiny model costs little more than its operations' overhead)."""
+    if w is None:
+        return F.mse_loss(pred, Y)
+    return (w[:, None] * (pred - Y) ** 2).sum() / (len(Y) * mean_weight * Y.shape[1])
 
 
 def full_loss(X: torch.Tensor, Y: torch.Tensor, coef: torch.Tensor, intercept: torch.Tensor,
@@ -134,6 +144,10 @@ class ShuffledOnceRows:
             return F.mse_loss(pred, Y, reduction="sum") * (self.world / (rows * k))
         return (w[:, None] * (pred - Y) ** 2).sum() / (rows * self.mean_weight * k) * self.world
 
+    def own_loss(self, pred: torch.Tensor, Y: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
+        """This rank's mean loss over its block (local SGD; `own_loss`)."""
+        return own_loss(pred, Y, w, self.mean_weight)
+
     def ridge(self, weight: torch.Tensor, penalty: torch.Tensor) -> torch.Tensor:
         return (penalty * weight ** 2).sum() / weight.shape[0]
 
@@ -191,6 +205,10 @@ class StreamedSteps:
         sq = (pred - Y) ** 2
         loss = (sq.sum() if w is None else (w[:, None] * sq).sum()) / (rows * self.mean_weight * Y.shape[1])
         return loss if self.scale == 1 else loss * self.scale
+
+    def own_loss(self, pred: torch.Tensor, Y: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
+        """This rank's mean loss over its block (local SGD; `own_loss`)."""
+        return own_loss(pred, Y, w, self.mean_weight)
 
     def ridge(self, weight: torch.Tensor, penalty: torch.Tensor) -> torch.Tensor:
         """Once in the ranks' gradients: averaged (nn) as it is, summed (manual) a world_size-th on each rank."""

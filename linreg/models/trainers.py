@@ -225,10 +225,12 @@ def train_nn(source, model: nn.Linear, optimizer: torch.optim.Optimizer, schedul
         blocks = []  # detached loss tensors: no tensor op per step to record them
         for step in source.epoch(epoch):
             for xb, yb, wb, rows in step:
-                loss = source.loss(forward(xb), yb, wb, rows)
-                blocks.append((loss.detach(), len(xb), rows))
                 if average is not None and len(xb):  # local SGD: this rank's own mean (the averaging weighs ranks)
-                    loss = loss * (rows / (source.world * len(xb)))
+                    loss = source.own_loss(forward(xb), yb, wb)
+                    blocks.append((loss.detach(), len(xb), len(xb) * source.world))  # the loss of len(xb) * world rows
+                else:
+                    loss = source.loss(forward(xb), yb, wb, rows)
+                    blocks.append((loss.detach(), len(xb), rows))
                 if penalty is not None:
                     loss = loss + source.ridge(model.weight, penalty)
                 optimizer.zero_grad(set_to_none=True)

@@ -189,8 +189,22 @@ def resolve_device(option: str, local_rank: int = 0) -> torch.device:
 
 
 def _device(option: str, local_rank: int = 0) -> torch.device | str:
-    """`resolve_device`, except that 'cpu' stays a name: a Cluster on the CPU needs no torch until a tensor does."""
-    return "cpu" if option == "cpu" else resolve_device(option, local_rank)
+    """`resolve_device`, except that the CPU stays a name: a Cluster on the CPU needs no torch until a tensor
+    does. 'auto' on a Linux machine with no GPU driver is the CPU without asking torch (`no_gpu_driver`)."""
+    if option == "cpu" or (option == "auto" and no_gpu_driver()):
+        return "cpu"
+    return resolve_device(option, local_rank)
+
+
+GPU_DRIVER_PATHS = ("/proc/driver/nvidia/gpus", "/dev/nvidia0", "/dev/nvidiactl", "/dev/kfd", "/dev/dxg")
+"""What a Linux machine shows when a GPU driver is loaded: NVIDIA's driver (also mounted into containers by
+the NVIDIA container toolkit), ROCm's /dev/kfd, WSL2's /dev/dxg. Without any of them torch.cuda cannot be
+available, so 'auto' needs no torch import (about 1 s) to know it means the CPU."""
+
+
+def no_gpu_driver() -> bool:
+    """True when this is Linux and none of GPU_DRIVER_PATHS exists; False elsewhere (then torch is asked)."""
+    return sys.platform.startswith("linux") and not any(os.path.exists(p) for p in GPU_DRIVER_PATHS)
 
 
 def local_ranks(cluster: Cluster) -> int:

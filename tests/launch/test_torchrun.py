@@ -169,6 +169,7 @@ def test_a_hung_rank_ends_the_others_after_the_timeout(tmp_path):
 def test_cuda_path_with_cuda_mocked(monkeypatch):
     """Device from LOCAL_RANK, NCCL backend, data and model moved to the rank's GPU."""
     calls = {}
+    monkeypatch.setattr(dist, "no_gpu_driver", lambda: False)  # a machine whose GPU driver is loaded
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.setdefault("set_device", d))
     monkeypatch.setattr(tdist, "is_initialized", lambda: False)

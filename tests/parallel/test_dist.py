@@ -28,6 +28,36 @@ def test_a_one_process_cluster_does_not_import_torch():
     assert done.returncode == 0, done.stderr
 
 
+def test_auto_is_the_cpu_without_torch_only_where_no_gpu_driver_shows(tmp_path, monkeypatch):
+    """'auto' needs no torch import to mean the CPU on a Linux machine without a GPU driver; where a driver's
+    path exists, torch is asked (here: torch.cuda.is_available mocked)."""
+    monkeypatch.setattr(dist, "GPU_DRIVER_PATHS", (str(tmp_path / "nvidia0"),))
+    monkeypatch.setattr(dist.sys, "platform", "linux")
+    assert dist.no_gpu_driver() and dist._device("auto") == "cpu"
+    (tmp_path / "nvidia0").touch()
+    assert not dist.no_gpu_driver()
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert dist._device("auto") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert dist._device("auto", 1) == torch.device("cuda", 1)
+    monkeypatch.setattr(dist.sys, "platform", "darwin")  # elsewhere torch is always asked
+    (tmp_path / "nvidia0").unlink()
+    assert not dist.no_gpu_driver()
+
+
+@pytest.mark.skipif(not dist.no_gpu_driver(), reason="this machine shows a GPU driver")
+def test_auto_on_a_machine_without_gpu_driver_does_not_import_torch():
+    code = ("import sys; import linreg.parallel.dist as d; c = d.setup('auto'); "
+            "assert \"device='cpu'\" in repr(c), repr(c); "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env=dict(env, PYTHONPATH=str(REPO)))
+    assert done.returncode == 0, done.stderr
+
+
 def test_one_process_raises_its_own_error():
     cluster = dist.single_process()
     error = InputError("bad input")
