@@ -1,10 +1,12 @@
 """The Prefect flow end to end, and the command line as a user runs it."""
 
+import asyncio
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import time
 
 import pyarrow.parquet as pq
 import pytest
@@ -27,7 +29,7 @@ def prefect_server():
 def test_flow_runs_every_step_under_prefect(prefect_server, tmp_path):
     w, y, _, _ = linear_tables(tmp_path)
     config = make_config(weather=w, yields=y, output=str(tmp_path / "out"), trainer="nn", run_id="flow-1")
-    state = train(config, return_state=True)
+    state = asyncio.run(train(config, return_state=True))
     assert state.is_completed()
     summary = state.result()
     assert summary.run_id == "flow-1" and summary.rows["train"] + summary.rows["holdout"] == 200
@@ -60,7 +62,7 @@ def test_a_run_without_a_run_id_carries_the_same_new_id_in_its_name_its_tasks_an
     from linreg.config import RUN_ID_PATTERN
 
     w, y, _, _ = linear_tables(tmp_path)
-    state = train(make_config(weather=w, yields=y, output=str(tmp_path / "out")), return_state=True)
+    state = asyncio.run(train(make_config(weather=w, yields=y, output=str(tmp_path / "out")), return_state=True))
     run_id = state.result().run_id
     assert RUN_ID_PATTERN.match(run_id) and run_id[0].isdigit()
     assert os.listdir(tmp_path / "out" / "runs") == [f"run_id={run_id}"]
@@ -77,7 +79,7 @@ def test_flow_fails_with_the_input_error_and_writes_nothing(prefect_server, tmp_
     y = write(tmp_path / "y.parquet", region=["a", "b"], year=[1, 1], apples=[1.0, 2.0], oranges=[1.0, 2.0])
     config = make_config(weather=w, yields=y, output=str(tmp_path / "out"), run_id="bad")
     with pytest.raises(InputError, match="column 'temp' has 1 null, NaN or infinite"):
-        train(config)
+        asyncio.run(train(config))
     assert not any((tmp_path / "out").rglob("*.parquet"))
     assert not (tmp_path / "out" / "_staging").exists()
 
@@ -139,7 +141,7 @@ def test_a_run_without_prefect_writes_what_the_flow_writes(prefect_server, tmp_p
 
     w, y, _, _ = linear_tables(tmp_path)
     outputs = {}
-    for name, runner in (("flow", train), ("inprocess", inprocess.run)):
+    for name, runner in (("flow", lambda config: asyncio.run(train(config))), ("inprocess", inprocess.run)):
         runner(make_config(weather=w, yields=y, output=str(tmp_path / name), trainer="nn", epochs=20, run_id="same"))
         outputs[name] = {d: pq.read_table(tmp_path / name / d / "run_id=same").sort_by(
             [(c, "ascending") for c in ("split", "target", "term", "metric", "region") if c in
@@ -253,6 +255,22 @@ def _task_logs(run_id: str) -> dict[str, list[str]]:
     return {"state": flow_run.state.type.value, **logs}
 
 
+def _heartbeat_events(flow_run_name: str, timeout: float = 30.0) -> int:
+    """How many prefect.flow-run.heartbeat events the server holds for the named flow run (waiting for the
+    server to store the events it received, up to `timeout` seconds)."""
+    import httpx
+    from prefect.settings import PREFECT_API_URL
+
+    deadline = time.monotonic() + timeout
+    while True:
+        found = httpx.post(PREFECT_API_URL.value() + "/events/filter", json={
+            "filter": {"event": {"prefix": ["prefect.flow-run.heartbeat"]}}, "limit": 50}).json()["events"]
+        count = sum(e["resource"].get("prefect.resource.name") == flow_run_name for e in found)
+        if count or time.monotonic() > deadline:
+            return count
+        time.sleep(0.5)
+
+
 def test_a_command_with_a_server_begins_plan_and_join_ahead_and_records_them_as_tasks(prefect_server, tmp_path):
     """`python -m flows.train` with a server: the plan and the join begin while Prefect starts
     (linreg.pipeline.headstart); the flow run still records every task, the join's task says it took the
@@ -271,6 +289,9 @@ def test_a_command_with_a_server_begins_plan_and_join_ahead_and_records_them_as_
     # the command ends without the interpreter's finalization (linreg.launch.ending), after Prefect's queues
     # are drained: the flow run's last line is on the server when the command has exited
     assert any("Finished in state Completed" in m for m in logs[None])
+    # the flow is async so that the engine leaves its heartbeat thread to end with the process instead of
+    # joining it (up to 1 s at each run's end): the flow run still sends its heartbeats
+    assert train.isasync and _heartbeat_events("train-exact-ahead") >= 1
     for dataset in ("weights", "metrics", "predictions"):
         tables = [pq.read_table(tmp_path / out / dataset / "run_id=ahead") for out in ("recorded", "plain")]
         columns = [c for c in ("split", "target", "term", "metric", "region", "year") if c in tables[0].column_names]

@@ -4,6 +4,7 @@ ranks, and the CUDA path with CUDA mocked. Every wait is bounded; no test assert
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import multiprocessing as mp
@@ -471,8 +472,8 @@ def test_prefect_flow_runs_a_two_rank_job(tmp_path):
     w, y = tables(tmp_path)
     out = str(tmp_path / "out")
     with prefect_test_harness(server_startup_timeout=120):
-        state = train(make_config(weather=w, yields=y, output=out, trainer="manual", nproc_per_node=2,
-                                  run_id="flow-dist", epochs=30), return_state=True)
+        state = asyncio.run(train(make_config(weather=w, yields=y, output=out, trainer="manual", nproc_per_node=2,
+                                              run_id="flow-dist", epochs=30), return_state=True))
         assert state.is_completed()
         with get_client(sync_client=True) as client:
             tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(

@@ -2,6 +2,7 @@
 names and progress lines, retries of transient I/O errors (and none for bad input), and reuse of an
 unchanged run."""
 
+import asyncio
 import errno
 import json
 import os
@@ -45,7 +46,8 @@ def nn_run(prefect_server, tmp_path_factory):
     root = tmp_path_factory.mktemp("nn-run")
     w, y, _, _ = linear_tables(root, rows=400, regions=40)
     out = str(root / "out")
-    state = train(make_config(weather=w, yields=y, output=out, trainer="nn", run_id="pictured"), return_state=True)
+    state = asyncio.run(train(make_config(weather=w, yields=y, output=out, trainer="nn", run_id="pictured"),
+                              return_state=True))
     assert state.is_completed()
     return out, state
 
@@ -138,7 +140,8 @@ def test_a_transient_io_error_is_retried_and_the_run_completes(prefect_server, t
         return real(*args, **kwargs)
 
     monkeypatch.setattr(commit, "open_writer", flaky)
-    state = train(make_config(weather=w, yields=y, output=str(tmp_path / "out"), run_id="flaky"), return_state=True)
+    state = asyncio.run(train(make_config(weather=w, yields=y, output=str(tmp_path / "out"), run_id="flaky"),
+                              return_state=True))
     assert state.is_completed() and sum("predictions" in str(c) for c in calls) == 2  # (and the metrics' writer)
     tasks = _task_runs(state.state_details.flow_run_id)
     assert tasks["evaluate-flaky"].run_count == 2 and tasks["plan-flaky"].run_count == 1
@@ -150,8 +153,8 @@ def test_a_validation_error_is_not_retried_and_is_the_runs_failure_message(prefe
               rainfall=[1.0, 2.0, 3.0], humidity=[1.0, 2.0, 4.0])
     y = write(tmp_path / "y.parquet", region=["a", "b", "c"], year=[1, 1, 1], apples=[1.0, 2.0, 3.0],
               oranges=[1.0, 2.0, 3.0])
-    state = train(make_config(weather=w, yields=y, output=str(tmp_path / "out"), run_id="invalid"),
-                  return_state=True)
+    state = asyncio.run(train(make_config(weather=w, yields=y, output=str(tmp_path / "out"), run_id="invalid"),
+                              return_state=True))
     assert state.is_failed()
     assert "column 'temp' has 1 null, NaN or infinite value(s)" in state.message
     assert _task_runs(state.state_details.flow_run_id)["validate-and-join-invalid"].run_count == 1
