@@ -125,6 +125,12 @@ def register(con: duckdb.DuckDBPyConnection, view: str, table: Table, where: str
     con.execute(f"CREATE OR REPLACE TEMP VIEW {view} AS SELECT * FROM {source}" + (f" WHERE {where}" if where else ""))
 
 
+def needed_columns(columns: Columns, weight_column: str | None) -> tuple[list[str], list[str]]:
+    """The columns the join reads of the weather table and of the yields table."""
+    return (columns.keys + columns.weather_columns,
+            columns.keys + columns.targets + ([weight_column] if weight_column else []))
+
+
 def join_tables(con: duckdb.DuckDBPyConnection, weather: Table, yields: Table, columns: Columns,
                 out_path: str, **options) -> JoinResult:
     """`_join_tables`, with a damaged input file (one DuckDB's reader rejects, though pyarrow read its footer
@@ -132,16 +138,17 @@ def join_tables(con: duckdb.DuckDBPyConnection, weather: Table, yields: Table, c
     try:
         return _join_tables(con, weather, yields, columns, out_path, **options)
     except (duckdb.Error, pa.ArrowException, OSError) as exc:
-        raise _as_input_error(exc, weather, yields) from None
+        raise as_input_error(exc, weather, yields) from None
 
 
 # DuckDB errors that are about the data it reads; others (out of memory, a full spill disk, a bug in our
 # SQL) are re-raised as they are.
 _DATA_SIGNS = ("TProtocolException", "Invalid data", "Parquet", "parquet", "Corrupt", "corrupt", "decompress",
-               "Invalid Input Error", "Conversion Error", "magic bytes", "footer")
+               "Invalid Input Error", "Conversion Error", "magic bytes", "footer",
+               "TType", "don't know what type")  # the last two: Thrift decoding a damaged page header
 
 
-def _as_input_error(exc: BaseException, weather: Table, yields: Table) -> BaseException:
+def as_input_error(exc: BaseException, weather: Table, yields: Table) -> BaseException:
     text = str(exc)
     environment = isinstance(exc, (duckdb.OutOfMemoryException, duckdb.BinderException, duckdb.ParserException,
                                    duckdb.CatalogException, duckdb.InternalException)) or "No space left" in text
@@ -165,7 +172,8 @@ def _join_tables(con: duckdb.DuckDBPyConnection, weather: Table, yields: Table, 
                  out_path: str, *, max_drop_fraction: float, weight_column: str | None = None,
                  row_filter: str | None = None, check: bool = True,
                  ordered: bool = True, memory_limit: int = 256 * 2**20, buckets: int | None = None,
-                 filter_rows: bool = False, threads: int | None = None) -> JoinResult:
+                 filter_rows: bool = False, threads: int | None = None,
+                 exchanged: tuple[pa.Table, pa.Table] | None = None) -> JoinResult:
     """Check the keys, join, write the joined rows to `out_path` (Arrow IPC), and check the drop rate.
 
     One pass: DuckDB joins (out of core) and hands back Arrow record batches, which are checked (null, NaN
@@ -178,7 +186,9 @@ def _join_tables(con: duckdb.DuckDBPyConnection, weather: Table, yields: Table, 
     independent of row order, so it skips the sort). row_filter: a DuckDB condition on the region column
     keeping one rank's regions of both tables (`linreg.inputs.shard.Sharding.predicate`), evaluated on every
     row when `filter_rows` (a range of regions, which DuckDB also checks against the row groups' statistics),
-    else once per distinct region (`rank_regions`: the md5 hash); check=False leaves the
+    else once per distinct region (`rank_regions`: the md5 hash); exchanged: this rank's rows of both
+    tables as the ranks sent them (`linreg.inputs.exchange`), read instead of the tables' files (which still
+    name the files of bad values and keys); check=False leaves the
     no-rows and drop-rate checks to the caller (`check_drops` on all ranks' totals). memory_limit (bytes): DuckDB's limit, for the
     duplicate check and the number of buckets.
 
@@ -192,20 +202,23 @@ def _join_tables(con: duckdb.DuckDBPyConnection, weather: Table, yields: Table, 
     DuckDB; duplicate weather keys are then expected.
     """
     aggregate = bool(columns.spec and columns.spec.aggregating)
-    if row_filter and not filter_rows:  # one rank's regions by hash: the counts below are then this rank's
+    if row_filter and not filter_rows and exchanged is None:  # one rank's regions by hash: this rank's counts
         register(con, "weather_input", weather)
         register(con, "yields_input", yields)
         weather_regions, yields_regions = rank_regions(con, columns, row_filter, weather, yields)
     else:
-        register(con, "weather_rows", weather, row_filter)
-        register(con, "yields", yields, row_filter)
+        if exchanged is not None:
+            con.register("weather_rows", exchanged[0])
+            con.register("yields", exchanged[1])
+        else:
+            register(con, "weather_rows", weather, row_filter)
+            register(con, "yields", yields, row_filter)
         weather_regions, yields_regions = (check_key_values(con, table, view, columns.keys, columns.region)
                                            for table, view in ((weather, "weather_rows"), (yields, "yields")))
     regions, region_rows = region_index(weather_regions, yields_regions)
     weather_view(con, "weather", "weather_rows", columns)
     values = columns.features + columns.targets + ([weight_column] if weight_column else [])
-    needed = (columns.keys + columns.weather_columns,
-              columns.keys + columns.targets + ([weight_column] if weight_column else []))
+    needed = needed_columns(columns, weight_column)
     row_bytes = [sum(value_bytes(t.schema.field(c).type) for c in names) for t, names in zip((weather, yields), needed)]
     input_rows = [int(pc.sum(t.column("n_rows")).as_py() or 0) for t in (weather_regions, yields_regions)]
     count = buckets or bucket_count(input_rows[0] * row_bytes[0] + input_rows[1] * row_bytes[1], memory_limit, ordered)

@@ -29,14 +29,14 @@ import linreg
 from linreg import redact
 from linreg.config import TrainConfig, decide_run_id, usable_cpus
 from linreg.errors import InputError
-from linreg.inputs import shard
+from linreg.inputs import exchange, shard
 from linreg.inputs.batches import matrix, read_batches
 from linreg.inputs.holdout import Split, choose_split
-from linreg.inputs.join import JoinResult, REGION_INDEX, check_joined, connect, join_tables
+from linreg.inputs.join import JoinResult, REGION_INDEX, check_joined, connect, join_tables, needed_columns
 from linreg.inputs.schema import (Columns, SCHEMA_VERSION, check_weight_column, metrics_schema, pred_column,
                                   predictions_schema, resolve_columns, runs_schema)
 from linreg.inputs.stream import StreamedRows
-from linreg.inputs.tables import BATCH_ROWS, fingerprint, open_table
+from linreg.inputs.tables import BATCH_ROWS, Table, fingerprint, open_table
 from linreg.inputs.weights import check_weights
 from linreg.models.fit import FitResult, TrainOptions, fit
 from linreg.outputs import commit, destination
@@ -126,35 +126,67 @@ def join_inputs(plan: RunPlan, cluster: Cluster | None = None) -> JoinResult:
     # rank 0 decides how ranks split the regions (from the footers just read), and every rank follows it
     sharding = cluster.broadcast_object(shard.plan_sharding(weather, yields, columns.region, cluster.world_size)
                                         if cluster.is_main else None)
-    if cluster.is_main and cluster.distributed:
-        log.info("%d ranks split the regions %s", cluster.world_size, sharding.describe())
-    weather, weather_checked = shard.rank_share(weather, columns.region, cluster.rank, sharding)
-    yields, yields_checked = shard.rank_share(yields, columns.region, cluster.rank, sharding)
+    shares = exchange_shares(cluster, sharding, weather, yields, columns.region)
+    directory = None
+    if shares is not None:  # one shared scan: every rank reads its files once and sends each row to its owner
+        directory = cluster.broadcast_object(os.path.join(plan.work_dir, "exchange") if cluster.is_main else None)
+        if cluster.is_main:
+            log.info("%d ranks split the regions by a hash of the region, each reading %s of the files once "
+                     "and sending each row to its region's rank", cluster.world_size,
+                     " and ".join(f"{len(s[cluster.rank])} of {len(t.files)} {t.role}"
+                                  for s, t in zip(shares, (weather, yields))))
+        weather_checked, yields_checked = (shard.files_to_validate(t, cluster.rank, cluster.world_size)
+                                           for t in (weather, yields))
+    else:
+        if cluster.is_main and cluster.distributed:
+            log.info("%d ranks split the regions %s", cluster.world_size, sharding.describe())
+        weather, weather_checked = shard.rank_share(weather, columns.region, cluster.rank, sharding)
+        yields, yields_checked = shard.rank_share(yields, columns.region, cluster.rank, sharding)
 
-    def join(con) -> JoinResult:  # values are checked on the joined rows, and their files named, by join_tables
+    def join(con, exchanged) -> JoinResult:  # values are checked on the joined rows, and files named, by join_tables
         if config.weight_column:
             check_weights(yields_checked, columns.keys, config.weight_column)
         return join_tables(con, weather, yields, columns, os.path.join(plan.work_dir, "joined.arrow"),
                            max_drop_fraction=config.max_drop_fraction,
                            weight_column=config.weight_column,
-                           row_filter=sharding.predicate(columns.region, cluster.rank),
+                           row_filter=None if exchanged else sharding.predicate(columns.region, cluster.rank),
                            filter_rows=sharding.by_range,
                            check=False, ordered=config.trainer != "exact",
-                           memory_limit=rank_budget(config, cluster) // 2, threads=rank_cpus(cluster))
+                           memory_limit=rank_budget(config, cluster) // 2, threads=rank_cpus(cluster),
+                           exchanged=exchanged)
 
     con = connect(plan.work_dir, rank_budget(config, cluster) // 2, threads=rank_cpus(cluster))
     try:
-        joined = on_every_rank(cluster, lambda: join(con))
+        exchanged = None
+        if shares is not None:
+            on_every_rank(cluster, lambda: exchange.send_tables(  # returns on every rank once all have sent
+                con, (weather, yields), needed_columns(columns, config.weight_column), columns.region, shares,
+                directory, cluster.rank, cluster.world_size))
+            exchanged = tuple(exchange.receive(directory, role, cluster.rank, cluster.world_size)
+                              for role in ("weather", "yields"))
+        joined = on_every_rank(cluster, lambda: join(con, exchanged))
         total = global_join(cluster, joined)
         on_every_rank(cluster, lambda: check_joined(con, total, weather, yields, columns.keys,
                                                     config.max_drop_fraction))
     finally:
         con.close()
+        if directory is not None:
+            exchange.discard(directory, cluster.rank)
     plan.timings["join"] = time.perf_counter() - start
     log.info("joined %d rows (weather %d rows, %d dropped; yields %d rows, %d dropped) in %.2f s",
              joined.joined_rows, joined.weather_rows, joined.weather_dropped, joined.yields_rows,
              joined.yields_dropped, plan.timings["join"])
     return joined
+
+
+def exchange_shares(cluster: Cluster, sharding: shard.Sharding, weather: Table, yields: Table, region: str):
+    """Each rank's files of each table for one shared scan (`linreg.inputs.exchange`), or None: with one
+    process, ranges of regions, tables partitioned by region (each rank then reads only its own files), ranks
+    on several machines (no directory they share), or files that do not split evenly."""
+    if (not cluster.distributed or sharding.by_range or dist.local_ranks(cluster) != cluster.world_size
+            or any(shard.partition_regions(t, region) is not None for t in (weather, yields))):
+        return None
+    return exchange.plan_shares(weather, yields, cluster.world_size)
 
 
 def rank_budget(config: TrainConfig, cluster: Cluster | None = None) -> int:

@@ -187,6 +187,16 @@ def join_rows(tmp_path, w, y, sharding, rank, name):
         return pa.ipc.open_file(source).read_all().to_pandas()
 
 
+def assert_together_equal(parts, whole) -> None:
+    """The ranks' joined rows (pandas), put together, are the rows of the one-process join `whole`."""
+    together = (np.concatenate([p[["temp", "rainfall", "apples"]].to_numpy() for p in parts]),
+                [(r, yr) for p in parts for r, yr in zip(p["region"], p["year"])])
+    order = sorted(range(len(together[1])), key=together[1].__getitem__)
+    expected = whole.sort_values(["region", "year"])
+    assert [together[1][i] for i in order] == list(zip(expected["region"], expected["year"]))
+    np.testing.assert_array_equal(together[0][order], expected[["temp", "rainfall", "apples"]].to_numpy())
+
+
 @pytest.mark.parametrize("layout", ["sorted", "straddling row groups", "shuffled"])
 @pytest.mark.parametrize("world", [2, 3])
 def test_the_ranks_joins_together_equal_the_join_of_all_rows(tmp_path, layout, world):
@@ -202,12 +212,7 @@ def test_the_ranks_joins_together_equal_the_join_of_all_rows(tmp_path, layout, w
     parts = [join_rows(tmp_path, w, y, sharding, rank, "part") for rank in range(world)]
     for rank, part in enumerate(parts):
         assert {sharding.owner(r) for r in part["region"]} <= {rank}
-    together = (np.concatenate([p[["temp", "rainfall", "apples"]].to_numpy() for p in parts]),
-                [(r, yr) for p in parts for r, yr in zip(p["region"], p["year"])])
-    order = sorted(range(len(together[1])), key=together[1].__getitem__)
-    expected = whole.sort_values(["region", "year"])
-    assert [together[1][i] for i in order] == list(zip(expected["region"], expected["year"]))
-    np.testing.assert_array_equal(together[0][order], expected[["temp", "rainfall", "apples"]].to_numpy())
+    assert_together_equal(parts, whole)
 
 
 def test_a_null_region_is_rank_zeros_and_named_by_its_check(tmp_path):
