@@ -20,6 +20,7 @@ import argparse
 import datetime as dt
 import multiprocessing as mp
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -105,6 +106,35 @@ def join_seconds(weather: str, yields: str, world: int, rank: int, work: str) ->
     return time.perf_counter() - start
 
 
+def exchanged_seconds(weather: str, yields: str, world: int, rank: int, work: str) -> float:
+    """Rank `rank`'s join of rows exchanged by all ranks (`linreg.inputs.exchange`): the other ranks' sends run
+    first, untimed (in a job they run at the same time on their own cores), then this rank's send, receive and
+    join are timed."""
+    from linreg.inputs import exchange
+    from linreg.inputs.join import connect, join_tables, needed_columns
+    from linreg.inputs.schema import resolve_columns
+    from linreg.inputs.tables import open_table
+
+    w, y = open_table(weather, "weather"), open_table(yields, "yields")
+    columns = resolve_columns(w, y, features=FEATURES, targets=TARGETS, keys=None)
+    shares = exchange.plan_shares(w, y, world)
+    directory = os.path.join(work, f"exchange-{world}")
+    con = connect(work, 2 << 30, threads=1)
+    try:
+        for sender in [r for r in range(world) if r != rank] + [rank]:
+            if sender == rank:
+                start = time.perf_counter()
+            exchange.send_tables(con, (w, y), needed_columns(columns, None), columns.region, shares, directory,
+                                 sender, world)
+        received = tuple(exchange.receive(directory, role, rank, world) for role in ("weather", "yields"))
+        join_tables(con, w, y, columns, os.path.join(work, f"exchanged-{world}-{rank}.arrow"), max_drop_fraction=1.0,
+                    check=False, ordered=False, exchanged=received)
+        return time.perf_counter() - start
+    finally:
+        con.close()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 def shuffle_files(directory: Path, seed: int = 0) -> None:
     """Rewrite a table's files with its rows shuffled across them (every file then holds every region's
     range, as with one file per year): the layout whose ranks fall back to the region hash."""
@@ -153,6 +183,10 @@ def main() -> None:
             shard0 = join_seconds(w, y, 2, 0, tmp)
             print(f"join of one rank's shard (2 ranks) / join of all rows, {name} ({args.join_rows} rows, "
                   f"{regions} regions): {shard0 / whole:.2f}  ({shard0:.2f} s / {whole:.2f} s)")
+            if data is shuffled:  # what one machine's ranks do with this layout: the shared scan
+                sent = exchanged_seconds(w, y, 2, 0, tmp)
+                print(f"the same rank's send of its files' rows and join of the rows exchanged (2 ranks) / join of "
+                      f"all rows: {sent / whole:.2f}  ({sent:.2f} s / {whole:.2f} s)")
 
 
 if __name__ == "__main__":

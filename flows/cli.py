@@ -178,6 +178,14 @@ def _answers(url: str) -> bool:
         return False
 
 
+def interrupted() -> int:
+    """Ctrl-C outside `run` (while `python -m flows.train` imports Prefect and the flow): the same line and
+    exit code as a run's, and the head start left as an interrupted run leaves it."""
+    print(INTERRUPTED, file=sys.stderr)
+    _end_head_start(wait=False)
+    return EXIT_INTERRUPTED
+
+
 def _end_head_start(wait: bool) -> None:
     ahead = sys.modules.get("linreg.pipeline.headstart")
     if ahead is not None:

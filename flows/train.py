@@ -44,6 +44,13 @@ if __name__ == "__main__":
 
         exit_now(cli.train_command(sys.argv[1:], __doc__.split("\n\n")[0], record=None))
     cli.begin_head_start(sys.argv[1:], __doc__.split("\n\n")[0])  # plan and join begin while Prefect imports
+    from linreg.launch.ending import exit_now
+
+    try:  # Prefect and the flow: this file again, as the module flows.train (seconds of imports)
+        from flows.train import main
+    except KeyboardInterrupt:  # Ctrl-C while they import: the run's one line and exit code
+        exit_now(cli.interrupted())
+    exit_now(main())  # Prefect's queues of logs and events drained first
 
 import asyncio
 
@@ -74,7 +81,7 @@ async def train(config: TrainConfig = TrainConfig()) -> steps.RunSummary:
     The tasks are sync and run in turn. The flow is async for one reason: Prefect's engine then leaves the flow
     run's heartbeat thread (a daemon, sleeping in 1-second steps) to end with the process, where the sync
     engine joins it, which held every run's end for 0 to 1 s (docs/benchmarks.md). Heartbeats are sent the
-    same way while the run lasts. Call it as `asyncio.run(train(config))`."""
+    same way while the run lasts. Call it as `asyncio.run(train(config))`, or as `main` does (`record`)."""
     config = redact.protect_parameters(config, get_run_logger())
     config = config.model_copy(update={"run_id": flow_run_id(config.run_id)})  # the id in the flow run's name
     if config.skip_if_unchanged:
@@ -101,12 +108,18 @@ async def train(config: TrainConfig = TrainConfig()) -> steps.RunSummary:
     return summary
 
 
+def record(config: TrainConfig) -> steps.RunSummary:
+    """Run the flow `train` in a new event loop, recorded in the configured server. Not asyncio.run: its
+    SIGINT handler only asks the flow's task to cancel, which a flow whose steps never await would see only at
+    its end; here Ctrl-C raises KeyboardInterrupt in the running step, as in a sync flow."""
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(train(config))
+    finally:
+        loop.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     """The command line: the flow `train` when a Prefect server is configured, else the same steps in process."""
-    return cli.train_command(argv, __doc__.split("\n\n")[0], record=lambda config: asyncio.run(train(config)))
+    return cli.train_command(argv, __doc__.split("\n\n")[0], record=record)
 
-
-if __name__ == "__main__":
-    from linreg.launch.ending import exit_now
-
-    exit_now(main())  # Prefect's queues of logs and events drained first
