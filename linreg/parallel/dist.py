@@ -190,10 +190,12 @@ def resolve_device(option: str, local_rank: int = 0) -> torch.device:
 
 def _device(option: str, local_rank: int = 0) -> torch.device | str:
     """`resolve_device`, except that the CPU stays a name: a Cluster on the CPU needs no torch until a tensor
-    does. 'auto' on a Linux machine with no GPU driver is the CPU without asking torch (`no_gpu_driver`)."""
+    does (and `setup` tells it by its name). 'auto' on a Linux machine with no GPU driver is the CPU without
+    asking torch (`no_gpu_driver`)."""
     if option == "cpu" or (option == "auto" and no_gpu_driver()):
         return "cpu"
-    return resolve_device(option, local_rank)
+    device = resolve_device(option, local_rank)
+    return "cpu" if device.type == "cpu" else device
 
 
 GPU_DRIVER_PATHS = ("/proc/driver/nvidia/gpus", "/dev/nvidia0", "/dev/nvidiactl", "/dev/kfd", "/dev/dxg")
