@@ -71,13 +71,15 @@ def inbound_path(directory: str, role: str, sender: int, receiver: int) -> str:
     return os.path.join(directory, f"{role}-from-{sender}-to-{receiver}.arrow")
 
 
-def send(con: duckdb.DuckDBPyConnection, view: str, columns: list[str], region: str, directory: str, role: str,
-         rank: int, world_size: int, schema: pa.Schema, batch_rows: int = 128 * 1024) -> int:
-    """Read `columns` of the DuckDB view `view` (this rank's files of one table) once and write each row to the
-    Arrow IPC file of its region's owner (`inbound_path`), cast to `schema` (the same on every rank, so that
-    the files a rank receives concatenate). Every destination gets a file, empty or not. Returns the rows."""
+def send(con: duckdb.DuckDBPyConnection, view: str | None, columns: list[str], region: str, directory: str,
+         role: str, rank: int, world_size: int, schema: pa.Schema, batch_rows: int = 128 * 1024) -> int:
+    """Read `columns` of the DuckDB view `view` (this rank's files of one table; None: it has none) once and
+    write each row to the Arrow IPC file of its region's owner (`inbound_path`), cast to `schema` (the same on
+    every rank, so that the files a rank receives concatenate). Every destination gets a file, empty or not.
+    Returns the rows."""
     select = ", ".join(quote(c) for c in columns)
-    reader = con.sql(f"SELECT {select}, {owner_sql(region, world_size)} FROM {view}").to_arrow_reader(batch_rows)
+    reader = [] if view is None else con.sql(f"SELECT {select}, {owner_sql(region, world_size)} FROM {view}"
+                                             ).to_arrow_reader(batch_rows)
     sinks = [pa.OSFile(inbound_path(directory, role, rank, d), "wb") for d in range(world_size)]
     sent = 0
     try:
@@ -127,8 +129,10 @@ def send_tables(con: duckdb.DuckDBPyConnection, tables: tuple[Table, Table], nee
             select = ", ".join(quote(c) for c in columns)
             schema = con.sql(f"SELECT {select} FROM linreg_whole LIMIT 0").to_arrow_table().schema
             mine = set(share[rank])
-            register(con, "linreg_send", subset(table, [f for f in table.fragments() if f.path in mine]))
-            sent += send(con, "linreg_send", columns, region, directory, table.role, rank, world_size, schema)
+            if mine:  # more ranks than files: a rank may have none, and still writes (empty) files
+                register(con, "linreg_send", subset(table, [f for f in table.fragments() if f.path in mine]))
+            sent += send(con, "linreg_send" if mine else None, columns, region, directory, table.role, rank,
+                         world_size, schema)
     except (duckdb.Error, pa.ArrowException) as exc:
         raise as_input_error(exc, *tables) from None
     return sent

@@ -85,6 +85,19 @@ def test_the_ranks_joins_of_exchanged_rows_together_equal_the_join_of_all_rows(t
     assert_together_equal(parts, whole)
 
 
+def test_a_rank_without_files_still_sends_and_joins_what_it_receives(tmp_path):
+    """Four ranks, three files a table of equal rows (each rank within its share plus a tenth): one rank reads
+    nothing, writes empty files, and joins the rows of its regions that the others sent."""
+    regions, years = region_years(80, 3)
+    w = write_table(tmp_path / "w", *shuffled(regions, years), files=3)
+    y = write_table(tmp_path / "y", *shuffled(regions, years, seed=2), files=3, target=True)
+    assert [] in exchange.plan_shares(w, y, 4)[0]
+    whole = join_rows(tmp_path, w, y, Sharding(1), 0, "whole")
+    parts = exchanged_joins(tmp_path, w, y, 4)
+    assert all(len(p) for p in parts)
+    assert_together_equal(parts, whole)
+
+
 def test_integer_regions_of_different_widths_reach_the_same_rank(tmp_path):
     """The owner is the hash of the region's text: an int32 region in one table and an int64 one in the other
     meet on one rank."""
