@@ -216,6 +216,7 @@ def _join_tables(con: duckdb.DuckDBPyConnection, weather: Table, yields: Table, 
         weather_regions, yields_regions = (check_key_values(con, table, view, columns.keys, columns.region)
                                            for table, view in ((weather, "weather_rows"), (yields, "yields")))
     regions, region_rows = region_index(weather_regions, yields_regions)
+    region_names = regions.column("region").combine_chunks()  # by REGION_INDEX
     weather_view(con, "weather", "weather_rows", columns)
     values = columns.features + columns.targets + ([weight_column] if weight_column else [])
     needed = needed_columns(columns, weight_column)
@@ -256,9 +257,15 @@ def _join_tables(con: duckdb.DuckDBPyConnection, weather: Table, yields: Table, 
                 reader = con.sql(join_query(columns, weight_column, views[0], views[1], ordered)
                                  ).to_arrow_reader(JOINED_BATCH_ROWS)
                 if writer is None:
-                    schema = pa.schema([f for f in reader.schema if f.name not in (KEY_HASH, BAD_ROW)])
+                    fields = [f for f in reader.schema if f.name not in (KEY_HASH, BAD_ROW)]
+                    if ordered:  # the region's text, left out of the sort, goes back where the query had it
+                        fields.insert(columns.keys.index(columns.region), pa.field(columns.region, region_names.type))
+                    schema = pa.schema(fields)
                     writer = pa.ipc.new_file(sink, schema)
                 for batch in reader:
+                    if ordered:
+                        batch = batch.add_column(columns.keys.index(columns.region), columns.region,
+                                                 region_names.take(batch.column(REGION_INDEX)))
                     batch.column(KEY_HASH).to_numpy().tofile(hashes)
                     if pc.any(batch.column(BAD_ROW)).as_py():  # only then is each column looked at
                         bad = first_bad_value(batch, values)
@@ -376,18 +383,19 @@ def join_query(columns: Columns, weight_column: str | None, weather: str, yields
     """The join of views `weather` and `yields` with the regions (`linreg_regions`): keys, features, targets,
     weight, region number, a 64-bit hash of the keys and whether a value of the row is null, NaN or infinite
     (`BAD_ROW`: the threads of DuckDB compute it, and the loop over the batches looks at one column); for
-    `ordered`, sorted by region number (the
-    regions' sort order: an integer is cheaper to sort, and to spill, than the region's text), then the
-    other keys."""
+    `ordered`, sorted by region number (the regions' sort order: an integer is cheaper to sort, and to spill,
+    than the region's text), then the other keys, and without the region's text, which the caller takes from
+    `linreg_regions` by number (the sort moves every row's payload, and a text column costs it most: at 9.8M
+    rows, two ranks sorting at once, 4.7 s against 5.5-5.7 s) and the keys' hash over the region's number."""
     on = " AND ".join(f"w.{quote(k)} = y.{quote(k)}" for k in columns.keys)
     values = ([sql for _, sql in feature_expressions(columns, "w")] + [f"y.{quote(t)}" for t in columns.targets]
               + ([f"y.{quote(weight_column)}"] if weight_column else []))
     finite = " AND ".join(f"coalesce(isfinite(CAST({v} AS DOUBLE)), false)" for v in values)  # null: not finite
-    select = ", ".join([f"w.{quote(k)}" for k in columns.keys] + feature_sql(columns, "w")
-                       + [f"y.{quote(t)}" for t in columns.targets]
+    keys = [f"r.{REGION_INDEX}" if ordered and k == columns.region else f"w.{quote(k)}" for k in columns.keys]
+    select = ", ".join([f"w.{quote(k)}" for k in columns.keys if not (ordered and k == columns.region)]
+                       + feature_sql(columns, "w") + [f"y.{quote(t)}" for t in columns.targets]
                        + ([f"y.{quote(weight_column)}"] if weight_column else [])  # --weight-column
-                       + [f"r.{REGION_INDEX}", f"hash({', '.join(f'w.{quote(k)}' for k in columns.keys)}) AS {KEY_HASH}",
-                          f"NOT ({finite}) AS {BAD_ROW}"])
+                       + [f"r.{REGION_INDEX}", f"hash({', '.join(keys)}) AS {KEY_HASH}", f"NOT ({finite}) AS {BAD_ROW}"])
     order = " ORDER BY " + ", ".join([f"r.{REGION_INDEX}"] + [f"w.{quote(k)}" for k in columns.keys
                                                                if k != columns.region]) if ordered else ""
     return (f"SELECT {select} FROM {weather} w JOIN {yields} y ON {on} JOIN linreg_regions r "
