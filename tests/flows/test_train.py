@@ -357,15 +357,20 @@ def test_ctrl_c_exits_130_with_one_line_and_leaves_nothing_staged(tmp_path, requ
     reader.start()
     staging = tmp_path / "out" / "_staging"
     deadline = time.monotonic() + 120
-    while not (staging.exists() and any(staging.iterdir())):  # planned: the run is under way
-        assert proc.poll() is None and time.monotonic() < deadline, "".join(lines)
-        time.sleep(0.05)
-    if when == "server, training":
-        assert split_done.wait(120), "".join(lines)
-        assert proc.poll() is None
-    time.sleep(1.0)  # training, or Prefect importing
-    proc.send_signal(signal.SIGINT)
-    proc.wait(timeout=120)  # stderr is the reader's; stdout holds at most the summary
+    try:
+        while not (staging.exists() and any(staging.iterdir())):  # planned: the run is under way
+            assert proc.poll() is None and time.monotonic() < deadline, "".join(lines)
+            time.sleep(0.05)
+        if when == "server, training":
+            assert split_done.wait(120), "".join(lines)
+            assert proc.poll() is None
+        # planned ahead at once, while Prefect imports for about 1.5 s more; or 1 s into training
+        time.sleep(0.2 if when == "server, importing Prefect" else 1.0)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=120)  # stderr is the reader's; stdout holds at most the summary
+    finally:
+        if proc.poll() is None:  # a run that ignored the signal would train for ever
+            proc.kill()
     stdout = proc.stdout.read()
     reader.join(10)
     stderr = "".join(lines)
