@@ -126,7 +126,7 @@ def exchanged_seconds(weather: str, yields: str, world: int, rank: int, work: st
                 start = time.perf_counter()
             exchange.send_tables(con, (w, y), needed_columns(columns, None), columns.region, shares, directory,
                                  sender, world)
-        received = tuple(exchange.receive(directory, role, rank, world) for role in ("weather", "yields"))
+        received = exchange.receive_tables(directory, rank, world)
         join_tables(con, w, y, columns, os.path.join(work, f"exchanged-{world}-{rank}.arrow"), max_drop_fraction=1.0,
                     check=False, ordered=False, exchanged=received)
         return time.perf_counter() - start

@@ -146,6 +146,11 @@ def receive(directory: str, role: str, rank: int, world_size: int) -> pa.Table:
     return pa.concat_tables(tables)
 
 
+def receive_tables(directory: str, rank: int, world_size: int) -> tuple[pa.Table, pa.Table]:
+    """The weather and yields rows sent to `rank` (`receive` of each table, by the roles `send_tables` wrote)."""
+    return receive(directory, "weather", rank, world_size), receive(directory, "yields", rank, world_size)
+
+
 def discard(directory: str, rank: int) -> None:
     """Remove the files sent to `rank` (after its join has read them)."""
     for path in glob.glob(os.path.join(directory, f"*-to-{rank}.arrow")):

@@ -162,8 +162,7 @@ def join_inputs(plan: RunPlan, cluster: Cluster | None = None) -> JoinResult:
             on_every_rank(cluster, lambda: exchange.send_tables(  # returns on every rank once all have sent
                 con, (weather, yields), needed_columns(columns, config.weight_column), columns.region, shares,
                 directory, cluster.rank, cluster.world_size))
-            exchanged = tuple(exchange.receive(directory, role, cluster.rank, cluster.world_size)
-                              for role in ("weather", "yields"))
+            exchanged = exchange.receive_tables(directory, cluster.rank, cluster.world_size)
         joined = on_every_rank(cluster, lambda: join(con, exchanged))
         total = global_join(cluster, joined)
         on_every_rank(cluster, lambda: check_joined(con, total, weather, yields, columns.keys,

@@ -52,7 +52,7 @@ def exchanged_joins(tmp_path, w, y, world, ordered=False):
     assert sent == sum(pq.read_metadata(f).num_rows for f in w.files + y.files)  # every row read once
     parts = []
     for rank in range(world):
-        received = tuple(exchange.receive(directory, role, rank, world) for role in ("weather", "yields"))
+        received = exchange.receive_tables(directory, rank, world)
         con = connect(str(tmp_path), 256 * 2**20, threads=1)
         path = str(tmp_path / f"exchanged-{rank}.arrow")
         try:
