@@ -217,6 +217,7 @@ def _join_tables(con: duckdb.DuckDBPyConnection, weather: Table, yields: Table, 
                                            for table, view in ((weather, "weather_rows"), (yields, "yields")))
     regions, region_rows = region_index(weather_regions, yields_regions)
     region_names = regions.column("region").combine_chunks()  # by REGION_INDEX
+    region_at = columns.keys.index(columns.region)  # where the ordered join puts the region's text back
     weather_view(con, "weather", "weather_rows", columns)
     values = columns.features + columns.targets + ([weight_column] if weight_column else [])
     needed = needed_columns(columns, weight_column)
@@ -259,13 +260,12 @@ def _join_tables(con: duckdb.DuckDBPyConnection, weather: Table, yields: Table, 
                 if writer is None:
                     fields = [f for f in reader.schema if f.name not in (KEY_HASH, BAD_ROW)]
                     if ordered:  # the region's text, left out of the sort, goes back where the query had it
-                        fields.insert(columns.keys.index(columns.region), pa.field(columns.region, region_names.type))
+                        fields.insert(region_at, pa.field(columns.region, region_names.type))
                     schema = pa.schema(fields)
                     writer = pa.ipc.new_file(sink, schema)
                 for batch in reader:
                     if ordered:
-                        batch = batch.add_column(columns.keys.index(columns.region), columns.region,
-                                                 region_names.take(batch.column(REGION_INDEX)))
+                        batch = batch.add_column(region_at, columns.region, region_names.take(batch.column(REGION_INDEX)))
                     batch.column(KEY_HASH).to_numpy().tofile(hashes)
                     if pc.any(batch.column(BAD_ROW)).as_py():  # only then is each column looked at
                         bad = first_bad_value(batch, values)
