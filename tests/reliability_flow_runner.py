@@ -9,8 +9,8 @@ runs no torch operation (no OpenMP pool) before it forks.
 
 Reads one JSON request per line on stdin: {"argv": [...], "log": PATH, "kill_at_step": K, "kill_at_op": K}.
 The child writes its stdout and stderr to PATH and SIGKILLs itself
-- kill_at_step K: before the K-th optimizer step of training (torch.optim.SGD.step, which the nn trainer takes
-  once per mini-batch), that is mid-training;
+- kill_at_step K: before the K-th optimizer step of training (linreg.models.trainers.SGD.step, which the nn
+  trainer takes once per mini-batch), that is mid-training;
 - kill_at_op K: before the K-th file operation of the run's commit (commit.before_file_operation, counted
   inside Staging.commit only, as tests/reliability_committer.py does), that is mid-commit.
 Replies on stdout: "ready" once warm; per request "started <pid>", later "exited <pid> <returncode>"
@@ -30,10 +30,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot  # noqa: E402,F401  (the run report draws with it)
-import torch._dynamo  # noqa: E402,F401  (imported by the optimizer's first step: 2 s per run otherwise)
-import torch.optim  # noqa: E402
 
 import flows.train  # noqa: E402
+from linreg.models import trainers  # noqa: E402
 from linreg.outputs import commit  # noqa: E402
 
 
@@ -45,7 +44,7 @@ def _kill_self() -> None:
 
 def kill_at_step(k: int) -> None:
     """Make the k-th optimizer step (counted from 1) a SIGKILL of this process."""
-    original, count = torch.optim.SGD.step, [0]
+    original, count = trainers.SGD.step, [0]
 
     def step(self, *args, **kwargs):
         count[0] += 1
@@ -54,7 +53,7 @@ def kill_at_step(k: int) -> None:
             _kill_self()
         return original(self, *args, **kwargs)
 
-    torch.optim.SGD.step = step
+    trainers.SGD.step = step
 
 
 def kill_at_op(k: int) -> None:

@@ -8,13 +8,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from torch import nn
 
 from linreg.inputs.batches import stack_float32
 from linreg.models.fit import uses_ddp
 from linreg.models.sources import ReshuffledRows, ShuffledOnceRows, StreamedSteps
 from linreg.models.standardize import Standardizer
-from linreg.models.trainers import ManualModel, PlainSGD, Schedule, TRAINERS, TrainResult, auto_lr, step_rows
+from linreg.models.trainers import SGD, Linear, ManualModel, Schedule, TRAINERS, TrainResult, auto_lr, step_rows
 from linreg.parallel import dist, merge
 
 if TYPE_CHECKING:
@@ -64,13 +63,11 @@ def train(seen: Seen, trainer: str, options: TrainOptions, cluster: dist.Cluster
                                     checkpoint=checkpoint, generator=generator)
     else:
         torch.manual_seed(options.seed)  # nn.Linear's initialization
-        model = nn.Linear(p, k, bias=options.fit_intercept).to(cluster.device)
+        model = Linear(p, k, bias=options.fit_intercept).to(cluster.device)
         # local SGD (--average-every > 1, several ranks): no collective per step, the models averaged instead
         local = cluster.distributed and not uses_ddp(trainer, options.average_every)
-        if isinstance(source, StreamedSteps):  # the update streamed epochs have always made
-            optimizer = PlainSGD(model.parameters(), lr=lr)
-        else:
-            optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+        # streamed epochs: the update they have always made
+        optimizer = SGD(model.parameters(), lr=lr, separate=isinstance(source, StreamedSteps))
         forward = model if local else merge.data_parallel(model, cluster, cluster.device)
         trained = TRAINERS[trainer](source, model, optimizer, schedule, epochs=options.epochs, forward=forward,
                                     penalty=penalty, checkpoint=checkpoint, generator=generator,

@@ -2,7 +2,8 @@
 
 - `train_manual`: the from-scratch model: `w`, `b` with requires_grad (`ManualModel`), the loss,
   `loss.backward()`, the update under `torch.no_grad()`, `grad.zero_()`. Full batch by default.
-- `train_nn`: `nn.Linear`, the loss, `optimizer.zero_grad()`, `backward()`, `optimizer.step()` over mini-batches.
+- `train_nn`: `nn.Linear` (`Linear`), the loss, `optimizer.zero_grad()`, `backward()`, `optimizer.step()` over
+  mini-batches (`SGD`: torch.optim.SGD's update without its per-step machinery).
 
 Each trainer is one loop over built objects (as the PyTorch DDP tutorial's `Trainer`): a batch source
 (`linreg.models.sources`: the rows in memory, or streamed from disk every epoch; one interface), the model,
@@ -148,20 +149,66 @@ class ManualModel:
         return {"w": self.w, "b": self.b}
 
 
-class PlainSGD(torch.optim.Optimizer):
-    """p -= lr * p.grad, then grad.zero_(): the update of manual (and of nn over streamed rows, whose values
-    have always come from it; `torch.optim.SGD` fuses the multiply-add and rounds differently)."""
+class Linear(nn.Linear):
+    """nn.Linear whose forward on the CPU is the seed's formula as two operations, x @ W.T then + b: x (m, p)
+    -> (m, k). nn.Linear calls addmm, and the CPU's addmm (a matrix product with beta = 1) took 80 us for
+    (8192, 3) x (3, 2) here where the product then the sum took 29 us, to the same floats (`bench/sgd_bench.py`).
+    Elsewhere (CUDA) nn.Linear's own forward, whose addmm is one fused kernel."""
 
-    def __init__(self, params, lr: float):
-        super().__init__(params, {"lr": lr})
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu":
+            return super().forward(x)
+        out = x @ self.weight.t()
+        return out if self.bias is None else out + self.bias
 
-    @torch.no_grad()
-    def step(self, closure=None):
+
+class SGD:
+    """Stochastic gradient descent without momentum for the nn trainer: each step p.add_(p.grad, alpha=-lr),
+    which is what torch.optim.SGD does (one fused multiply-add), float for float; `separate`: p -= p.grad * lr
+    instead (two roundings: the update streamed nn epochs have always made, as manual's).
+
+    Not a torch.optim.Optimizer: for a model of a few parameters its per-step machinery (hooks, the profiler's
+    record, the grad-mode wrapper) cost more than the update, and its first call imports torch._dynamo (0.9 s
+    a process here). The interface the trainer and `linreg.outputs.snapshot` use is the same: param_groups,
+    zero_grad, step, state_dict, load_state_dict (which also reads a torch.optim.SGD's state_dict)."""
+
+    def __init__(self, params, lr: float, *, separate: bool = False):
+        self.param_groups = [{"params": list(params), "lr": lr}]
+        self.separate = separate
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
         for group in self.param_groups:
             for param in group["params"]:
-                if param.grad is not None:
-                    param -= param.grad * group["lr"]
+                if set_to_none:
+                    param.grad = None
+                elif param.grad is not None:
                     param.grad.zero_()
+
+    def step(self) -> None:
+        with torch.no_grad():
+            for group in self.param_groups:
+                lr = group["lr"]
+                for param in group["params"]:
+                    if param.grad is None:
+                        continue
+                    if self.separate:
+                        param -= param.grad * lr
+                    else:
+                        param.add_(param.grad, alpha=-lr)
+
+    def state_dict(self) -> dict:
+        """torch.optim's layout: no per-parameter state; each group's settings, its parameters by position."""
+        groups, first = [], 0
+        for group in self.param_groups:
+            groups.append({"lr": group["lr"], "params": list(range(first, first + len(group["params"])))})
+            first += len(group["params"])
+        return {"state": {}, "param_groups": groups}
+
+    def load_state_dict(self, state: dict) -> None:
+        if len(state["param_groups"]) != len(self.param_groups):
+            raise ValueError("the optimizer state has another number of parameter groups")
+        for group, saved in zip(self.param_groups, state["param_groups"]):
+            group["lr"] = saved["lr"]
 
 
 def train_manual(source, model: ManualModel, schedule: Schedule, *, epochs: int, cluster,
@@ -203,7 +250,7 @@ def train_manual(source, model: ManualModel, schedule: Schedule, *, epochs: int,
     return _finish(result, w, b, schedule, start)
 
 
-def train_nn(source, model: nn.Linear, optimizer: torch.optim.Optimizer, schedule: Schedule, *, epochs: int,
+def train_nn(source, model: nn.Linear, optimizer: SGD, schedule: Schedule, *, epochs: int,
              forward: nn.Module | None = None, penalty: torch.Tensor | None = None, checkpoint=None,
              generator: torch.Generator | None = None, average=None, average_every: int = 1) -> TrainResult:
     """nn.Linear trained by `optimizer` over the source's steps (one block each): loss, ridge term,

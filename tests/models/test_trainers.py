@@ -184,3 +184,83 @@ def test_the_trainers_rows_are_row_major_whatever_the_batches_layout(trainer, mo
     assert seen and all(x_stride[1] == 1 and y_stride[1] == 1 and x_stride[0] >= p and y_stride[0] >= k
                         for x_stride, y_stride, p, k in seen)
     assert np.isfinite(model.model.coef_).all()
+
+
+def _batches(steps=40, n=257, p=3, k=2, seed=5):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(n, p, generator=g) * 3 + 1, torch.randn(n, k, generator=g)) for _ in range(steps)]
+
+
+def test_the_nn_update_is_torch_optim_sgds_float_for_float():
+    from linreg.models.trainers import SGD, Linear
+
+    torch.manual_seed(0)
+    ours, theirs = Linear(3, 2), torch.nn.Linear(3, 2)
+    theirs.load_state_dict(ours.state_dict())
+    mine, reference = SGD(ours.parameters(), lr=0.03), torch.optim.SGD(theirs.parameters(), lr=0.03)
+    for i, (x, y) in enumerate(_batches()):
+        for model, optimizer in ((ours, mine), (theirs, reference)):
+            optimizer.zero_grad(set_to_none=True)
+            torch.nn.functional.mse_loss(model(x), y).backward()
+            optimizer.step()
+        assert torch.equal(ours.weight, theirs.weight) and torch.equal(ours.bias, theirs.bias), i
+        if i == 20:  # the schedule's cut, as the trainer sets it
+            for group in mine.param_groups + reference.param_groups:
+                group["lr"] /= 5
+    assert not torch.equal(ours.weight, Linear(3, 2).weight)  # it moved
+
+
+def test_the_separate_update_is_the_seeds_two_roundings():
+    from linreg.models.trainers import SGD
+
+    w = torch.randn(2, 3, requires_grad=True)
+    w.grad = torch.randn(2, 3) * 1e-3
+    expected = w.detach() - w.grad * 0.7
+    SGD([w], lr=0.7, separate=True).step()
+    assert torch.equal(w.detach(), expected)
+
+
+def test_the_nn_models_forward_and_gradients_are_nn_linears():
+    from linreg.models.trainers import Linear
+
+    x, y = _batches(steps=1, n=8192)[0]
+    for bias in (True, False):
+        torch.manual_seed(1)
+        ours = Linear(3, 2, bias=bias)
+        theirs = torch.nn.Linear(3, 2, bias=bias)
+        theirs.load_state_dict(ours.state_dict())
+        torch.testing.assert_close(ours(x), theirs(x))
+        for model in (ours, theirs):
+            torch.nn.functional.mse_loss(model(x), y).backward()
+        for a, b in zip(ours.parameters(), theirs.parameters()):
+            torch.testing.assert_close(a.grad, b.grad)
+        assert isinstance(ours, torch.nn.Linear)  # DDP, state_dict and snapshots see an nn.Linear
+
+
+def test_the_optimizer_state_round_trips_and_reads_torch_optim_sgds():
+    from linreg.models.trainers import SGD
+
+    params = [torch.zeros(2, 3, requires_grad=True), torch.zeros(2, requires_grad=True)]
+    saved = SGD(params, lr=0.25).state_dict()
+    assert saved == {"state": {}, "param_groups": [{"lr": 0.25, "params": [0, 1]}]}
+    restored = SGD(params, lr=1.0)
+    restored.load_state_dict(saved)
+    assert restored.param_groups[0]["lr"] == 0.25
+    restored.load_state_dict(torch.optim.SGD(params, lr=0.125).state_dict())
+    assert restored.param_groups[0]["lr"] == 0.125
+
+
+def test_an_nn_fit_never_imports_torch_dynamo():
+    """torch.optim's first call imports torch._dynamo (about 1 s a process); the nn trainer's SGD does not."""
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np\n"
+            "from linreg.models.fit import TrainOptions, fit\n"
+            "X = np.random.default_rng(0).normal(size=(500, 3)); Y = X @ np.ones((3, 2)) + 1\n"
+            "r = fit([(X, Y)], trainer='nn', features=['a', 'b', 'c'], targets=['y', 'z'], options=TrainOptions(epochs=3, tol=0))\n"
+            "assert r.epochs == 3, r.epochs\n"
+            "print('torch._dynamo' in sys.modules, 'torch' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "True"]
