@@ -36,10 +36,9 @@ def _rank(rank, world, init, rows, epochs, batch, queue):
     tdist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world,
                              timeout=dt.timedelta(seconds=120))
     from linreg.parallel.dist import Cluster
-    from torch import nn
 
     from linreg.models.sources import ShuffledOnceRows
-    from linreg.models.trainers import Schedule, train_nn
+    from linreg.models.trainers import SGD, Linear, Schedule, train_nn
     from linreg.parallel import merge
 
     cluster = Cluster(rank=rank, world_size=world, local_rank=rank, device=torch.device("cpu"))
@@ -52,8 +51,8 @@ def _rank(rank, world, init, rows, epochs, batch, queue):
     start = time.perf_counter()
     source = ShuffledOnceRows(X, Y, None, batch=batch, cluster=cluster, seed=0)
     torch.manual_seed(0)
-    model = nn.Linear(len(FEATURES), len(TARGETS))
-    result = train_nn(source, model, torch.optim.SGD(model.parameters(), lr=0.05), Schedule(0.05, tol=0, patience=5),
+    model = Linear(len(FEATURES), len(TARGETS))
+    result = train_nn(source, model, SGD(model.parameters(), lr=0.05), Schedule(0.05, tol=0, patience=5),
                       epochs=epochs, forward=merge.data_parallel(model, cluster, X.device))
     seconds = time.perf_counter() - start
     steps = result.epochs * -(-rows // batch)

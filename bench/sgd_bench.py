@@ -2,7 +2,7 @@
 
     python -m bench.sgd_bench --rows 2000000 --batch-size 1024 8192 65536
 
-The bare loop is the PERF-NOTES floor for nn.Linear + SGD: shuffled contiguous chunks (the chunk order
+The bare loop is the PERF-NOTES floor for nn.Linear + torch.optim.SGD: shuffled contiguous chunks (the chunk order
 is permuted, rows inside a chunk stay together), no per-epoch loss evaluation. The product's epoch
 (linreg.models.trainers.train_nn, tol 0) shuffles the rows once, then visits contiguous batches in a new order
 every epoch and records each batch's loss for its convergence rule; its fastest epoch of --repeat is
@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from linreg.models.sources import ShuffledOnceRows
-from linreg.models.trainers import Schedule, train_nn
+from linreg.models.trainers import SGD, Linear, Schedule, train_nn
 from linreg.parallel import dist, merge
 
 
@@ -45,8 +45,8 @@ def product_epochs(X: torch.Tensor, Y: torch.Tensor, batch: int, epochs: int) ->
     source = ShuffledOnceRows(X, Y, None, batch=batch, cluster=cluster, seed=0)  # packing and the one shuffle
     setup = time.perf_counter() - start
     torch.manual_seed(0)
-    model = nn.Linear(X.shape[1], Y.shape[1])
-    result = train_nn(source, model, torch.optim.SGD(model.parameters(), lr=0.01), Schedule(0.01, tol=0.0, patience=5),
+    model = Linear(X.shape[1], Y.shape[1])  # the product's model and update (`linreg.models.gradient`)
+    result = train_nn(source, model, SGD(model.parameters(), lr=0.01), Schedule(0.01, tol=0.0, patience=5),
                       epochs=epochs, forward=merge.data_parallel(model, cluster, X.device))
     return min(result.epoch_seconds), setup + result.seconds - sum(result.epoch_seconds)
 
