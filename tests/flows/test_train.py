@@ -247,8 +247,13 @@ def _task_logs(run_id: str) -> dict[str, list[str]]:
 
     with get_client(sync_client=True) as client:
         (flow_run,) = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[f"train-exact-{run_id}"])))
-        tasks = {t.id: t for t in client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [flow_run.id]}))}
-        assert all(t.state.is_completed() for t in tasks.values()) or flow_run.state.is_failed()
+        deadline = time.monotonic() + 30
+        while True:  # the server records task runs' states from their events, after the command may have ended
+            tasks = {t.id: t for t in client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [flow_run.id]}))}
+            if all(t.state is not None for t in tasks.values()) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert flow_run.state.is_failed() or all(t.state.is_completed() for t in tasks.values())
         logs = {}
         for entry in client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run.id])), limit=200):
             logs.setdefault(tasks[entry.task_run_id].name if entry.task_run_id else None, []).append(entry.message)
