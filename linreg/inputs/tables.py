@@ -198,3 +198,31 @@ def fingerprint(tables: list[Table]) -> dict:
         })
     digest = hashlib.sha256(json.dumps(entries, sort_keys=True).encode()).hexdigest()[:16]
     return {"sha256": digest, "tables": entries}
+
+
+def check_unchanged(planned: dict, tables: list[Table]) -> None:
+    """Raise InputError naming the files when `tables` no longer match the plan's fingerprint (`planned`,
+    `fingerprint`'s dict): a file written, added or removed after the run planned, or while it read them, so
+    that the rows read could mix two versions of the inputs (and the run would record the wrong fingerprint)."""
+    now = fingerprint(tables)
+    if now["sha256"] == planned["sha256"]:
+        return
+    changes = []
+    for before, after in zip(planned["tables"], now["tables"]):
+        old = {f["path"]: f for f in before["files"]}
+        new = {f["path"]: f for f in after["files"]}
+        for path in sorted(old.keys() | new.keys()):
+            if path not in new:
+                changes.append(f"the {after['role']} file {path!r} is gone")
+            elif path not in old:
+                changes.append(f"the {after['role']} file {path!r} is new")
+            elif old[path] != new[path]:
+                changes.append(f"the {after['role']} file {path!r} was rewritten (size {old[path]['size']} -> "
+                               f"{new[path]['size']} bytes, modified {old[path]['mtime']} -> {new[path]['mtime']})")
+        if not changes and before["schema"] != after["schema"]:
+            changes.append(f"the {after['role']} table's schema changed")
+    shown = "; ".join(changes[:3]) + (f"; and {len(changes) - 3} more change(s)" if len(changes) > 3 else "")
+    raise InputError(f"The inputs changed while the run read them: {shown or 'the files differ'}. The rows read "
+                     "could mix two versions of the inputs, so nothing was written. Run again once the inputs "
+                     "are complete.")
+

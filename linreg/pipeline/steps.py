@@ -36,7 +36,7 @@ from linreg.inputs.join import JoinResult, REGION_INDEX, check_joined, connect, 
 from linreg.inputs.schema import (Columns, SCHEMA_VERSION, check_weight_column, metrics_schema, pred_column,
                                   predictions_schema, resolve_columns, runs_schema)
 from linreg.inputs.stream import StreamedRows
-from linreg.inputs.tables import BATCH_ROWS, Table, fingerprint, open_table
+from linreg.inputs.tables import BATCH_ROWS, Table, check_unchanged, fingerprint, open_table
 from linreg.inputs.weights import check_weights
 from linreg.models.fit import FitResult, TrainOptions, fit
 from linreg.outputs import commit, destination
@@ -118,11 +118,13 @@ def join_inputs(plan: RunPlan, cluster: Cluster | None = None) -> JoinResult:
     Each rank of `cluster` (default: one process) validates its share of the files and joins its shard of
     regions (`linreg.inputs.shard`: all files and rows with one process); the counts returned are the
     rank's, the no-rows and drop checks are on all ranks' totals, and an input error of any rank is raised
-    on every rank."""
+    on every rank. Inputs that no longer match the plan's fingerprint after the join (a file rewritten, added
+    or removed since the plan or during the reads) are an input error (`check_unchanged`)."""
     cluster = cluster or dist.single_process()
     start = time.perf_counter()
     config, columns = plan.config, plan.columns
     weather, yields = open_table(config.weather, "weather"), open_table(config.yields, "yields")
+    opened = [weather, yields]  # whole, for the check that they did not change since the plan
     # rank 0 decides how ranks split the regions (from the footers just read), and every rank follows it
     sharding = cluster.broadcast_object(shard.plan_sharding(weather, yields, columns.region, cluster.world_size)
                                         if cluster.is_main else None)
@@ -167,6 +169,8 @@ def join_inputs(plan: RunPlan, cluster: Cluster | None = None) -> JoinResult:
         total = global_join(cluster, joined)
         on_every_rank(cluster, lambda: check_joined(con, total, weather, yields, columns.keys,
                                                     config.max_drop_fraction))
+        # a file rewritten, added or removed since the plan (or during the reads): the rows may mix versions
+        on_every_rank(cluster, lambda: check_unchanged(plan.fingerprint, opened))
     finally:
         con.close()
         if directory is not None:
