@@ -104,3 +104,21 @@ def test_unchanged_inputs_pass_the_check_and_the_run_commits(tmp_path):
     w, y, _, _ = linear_tables(tmp_path, files=3)
     summary = steps.run(make_config(weather=w, yields=y, output=str(tmp_path / "out"), run_id="same"))
     assert summary.joined.joined_rows == 200
+
+
+def test_a_file_removed_while_the_join_reads_is_named_as_gone(tmp_path, monkeypatch):
+    w, y, _, _ = linear_tables(tmp_path, files=2)
+    victim = sorted((tmp_path / "yields").glob("*.parquet"))[0]
+    real = steps.join_tables
+
+    def join_then_remove(*args, **kwargs):
+        joined = real(*args, **kwargs)
+        victim.unlink()
+        return joined
+
+    monkeypatch.setattr(steps, "join_tables", join_then_remove)
+    plan = steps.plan_run(make_config(weather=w, yields=y, output=str(tmp_path / "out"), run_id="gone"))
+    with pytest.raises(InputError, match="is gone") as info:
+        steps.join_inputs(plan)
+    assert str(victim) in str(info.value)
+    steps.discard(plan)
