@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from linreg.inputs.spool import held
 from linreg.inputs.tables import BATCH_ROWS
 
 if TYPE_CHECKING:
@@ -44,7 +45,8 @@ def read_batches(path: str, columns: list[str], batch_rows: int = BATCH_ROWS) ->
 
 class GroupedFile:
     """Random access to the groups of rows of a local file: an Arrow IPC file's record batches (`.arrow`,
-    the joined rows), or a Parquet file's row groups; only `columns` are read.
+    the joined rows, or the batches kept in memory under its name: `linreg.inputs.spool`), or a Parquet file's
+    row groups; only `columns` are read.
 
     IPC files are read with plain reads, not memory-mapped (so that the pages read do not stay in the
     process's resident memory), and only the buffers of `columns` (the key strings are most of the bytes
@@ -54,7 +56,11 @@ class GroupedFile:
         self.path, self.columns = path, list(dict.fromkeys(columns))  # a key may also be a feature (a trend)
 
     def __enter__(self) -> "GroupedFile":
-        if self.path.endswith(".parquet"):
+        self._held = held(self.path)
+        if self._held is not None:  # the joined rows kept in memory (`linreg.inputs.spool`)
+            self._parquet, self._source = None, None
+            self.num_groups = len(self._held.batches)
+        elif self.path.endswith(".parquet"):
             self._parquet = pq.ParquetFile(self.path)
             self.num_groups = self._parquet.num_row_groups
         else:
@@ -68,6 +74,8 @@ class GroupedFile:
 
     def read(self, group: int) -> list[pa.RecordBatch]:
         """The record batches of group `group`, with `columns` in that order."""
+        if self._held is not None:
+            return [self._held.batches[group].select(self.columns)]
         if self._parquet is not None:
             return self._parquet.read_row_group(group, columns=self.columns).to_batches()
         return [self._ipc.get_batch(group).select(self.columns)]
@@ -75,14 +83,19 @@ class GroupedFile:
     def __exit__(self, *exc) -> None:
         if self._parquet is not None:
             self._parquet.close()
-        else:
+        elif self._source is not None:
             self._source.close()
 
 
 def read_joined(path: str, columns: list[str] | None = None) -> pa.Table:
-    """The whole joined file (Arrow IPC) as a table: for tests and small data."""
-    with pa.OSFile(path) as source:
-        table = pa.ipc.open_file(source).read_all()
+    """The whole joined file (Arrow IPC, or the rows kept in memory under its name) as a table: for tests and
+    small data."""
+    rows = held(path)
+    if rows is not None:
+        table = pa.Table.from_batches(rows.batches, schema=rows.schema)
+    else:
+        with pa.OSFile(path) as source:
+            table = pa.ipc.open_file(source).read_all()
     return table.select(columns) if columns else table
 
 

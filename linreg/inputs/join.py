@@ -16,7 +16,7 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import duckdb
 import numpy as np
@@ -31,6 +31,7 @@ from linreg.features.expression import Column
 from linreg.inputs.buckets import FixedBatches, bucket_count, bucket_cuts, partition_inputs, value_bytes
 from linreg.inputs.derive import domain_error, feature_expressions, feature_sql, weather_sql
 from linreg.inputs.schema import Columns, key_kind
+from linreg.inputs.spool import HeldRows, JoinedSink
 from linreg.inputs.sql import MIN_DUCKDB_MEMORY, quote
 from linreg.inputs.tables import Table, is_input_fault
 from linreg.inputs.checks import (MAX_EXAMPLES, MAX_KEY_CHARS, bad_mask, check_values, example_keys, long_key_mask,
@@ -47,12 +48,13 @@ REGION_INDEX = "__region_index"  # column of the joined rows: the row's region's
 class JoinResult:
     """Row counts of the join and where the joined rows (keys, features, targets; sorted by keys) are."""
 
-    path: str
+    path: str  # the Arrow IPC file, or the name of the rows kept in memory (`held`)
     weather_rows: int
     yields_rows: int
     joined_rows: int
     weather_keys: int | None = None  # distinct weather keys after --aggregate (None: each row is a key)
     regions_path: str | None = None  # Parquet file of the regions in both tables: region, region_index
+    held: HeldRows | None = field(default=None, repr=False, compare=False)  # the rows, when kept in memory
 
     @property
     def weather_dropped(self) -> int:
@@ -173,8 +175,9 @@ def _join_tables(con: duckdb.DuckDBPyConnection, weather: Table, yields: Table, 
                  row_filter: str | None = None, check: bool = True,
                  ordered: bool = True, memory_limit: int = 256 * 2**20, buckets: int | None = None,
                  filter_rows: bool = False, threads: int | None = None,
-                 exchanged: tuple[pa.Table, pa.Table] | None = None) -> JoinResult:
-    """Check the keys, join, write the joined rows to `out_path` (Arrow IPC), and check the drop rate.
+                 exchanged: tuple[pa.Table, pa.Table] | None = None, hold_bytes: int = 0) -> JoinResult:
+    """Check the keys, join, write the joined rows to `out_path` (Arrow IPC; or keep them in memory under
+    that name while they fit in `hold_bytes`: `linreg.inputs.spool`), and check the drop rate.
 
     One pass: DuckDB joins (out of core) and hands back Arrow record batches, which are checked (null, NaN
     or infinite values name their file through `linreg.inputs.checks`) and appended to the joined file; a 64-bit
@@ -242,9 +245,10 @@ def _join_tables(con: duckdb.DuckDBPyConnection, weather: Table, yields: Table, 
         partitioned = None
     hash_path = out_path + ".keyhash"
     joined_rows, weather_keys = 0, 0
+    writer, rows_held = None, None
     try:
-        with (pa.OSFile(out_path, "wb") as sink, open(hash_path, "wb") as hashes):
-            writer, cut = None, FixedBatches(JOINED_BATCH_ROWS)
+        with open(hash_path, "wb") as hashes:
+            cut = FixedBatches(JOINED_BATCH_ROWS)
             for lo, hi in zip([0] + cuts[:-1], cuts):  # regions [lo, hi) of the sorted regions: one bucket
                 if partitioned is None:
                     views = ("weather", "yields")
@@ -262,7 +266,9 @@ def _join_tables(con: duckdb.DuckDBPyConnection, weather: Table, yields: Table, 
                     if ordered:  # the region's text, left out of the sort, goes back where the query had it
                         fields.insert(region_at, pa.field(columns.region, region_names.type))
                     schema = pa.schema(fields)
-                    writer = pa.ipc.new_file(sink, schema)
+                    # kept in memory only when the whole join should fit: no rows held, then written, at the limit
+                    expected = min(input_rows) * joined_row_bytes(schema, weather_regions.column("region"))
+                    writer = JoinedSink(out_path, schema, hold_bytes if expected <= hold_bytes else 0)
                 for batch in reader:
                     if ordered:
                         batch = batch.add_column(region_at, columns.region, region_names.take(batch.column(REGION_INDEX)))
@@ -278,7 +284,11 @@ def _join_tables(con: duckdb.DuckDBPyConnection, weather: Table, yields: Table, 
                     joined_rows += batch.num_rows
             for rest in cut.flush():
                 writer.write_batch(rest)
-            writer.close()
+            rows_held = writer.close()
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
     finally:  # (no DuckDB query here: an error leaves the reader's result open)
         if partitioned is not None:
             shutil.rmtree(partitioned.directory, ignore_errors=True)
@@ -293,7 +303,8 @@ def _join_tables(con: duckdb.DuckDBPyConnection, weather: Table, yields: Table, 
     regions_path = out_path + ".regions.parquet"
     pq.write_table(regions, regions_path)
     result = JoinResult(path=out_path, weather_rows=input_rows[0], yields_rows=input_rows[1],
-                        joined_rows=int(joined_rows), weather_keys=weather_keys, regions_path=regions_path)
+                        joined_rows=int(joined_rows), weather_keys=weather_keys, regions_path=regions_path,
+                        held=rows_held)
     if check:
         check_joined(con, result, weather, yields, columns.keys, max_drop_fraction)
     return result
@@ -400,6 +411,18 @@ def join_query(columns: Columns, weight_column: str | None, weather: str, yields
                                                                if k != columns.region]) if ordered else ""
     return (f"SELECT {select} FROM {weather} w JOIN {yields} y ON {on} JOIN linreg_regions r "
             f"ON w.{quote(columns.region)} = r.region{order}")
+
+
+def joined_row_bytes(schema: pa.Schema, regions: pa.ChunkedArray) -> int:
+    """Arrow bytes of one joined row of `schema`: 8 a number, 4 an int32, a text's offset plus its mean length
+    among `regions` (the keys' text is mostly the region's), 1 a bool."""
+    text = 4 + (int(pc.mean(pc.utf8_length(regions.cast(pa.string()))).as_py() or 0) + 1 if len(regions) else 16)
+    total = 0
+    for f in schema:
+        kind = f.type.value_type if pa.types.is_dictionary(f.type) else f.type
+        total += text if pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_binary(kind) \
+            else 1 if pa.types.is_boolean(kind) else max(1, kind.bit_width // 8)
+    return total
 
 
 def first_bad_value(batch: pa.RecordBatch, columns: list[str]) -> str | None:

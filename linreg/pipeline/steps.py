@@ -155,7 +155,7 @@ def join_inputs(plan: RunPlan, cluster: Cluster | None = None) -> JoinResult:
                            filter_rows=sharding.by_range,
                            check=False, ordered=config.trainer != "exact",
                            memory_limit=rank_budget(config, cluster) // 2, threads=rank_cpus(cluster),
-                           exchanged=exchanged)
+                           exchanged=exchanged, hold_bytes=hold_bytes(config, cluster))
 
     con = connect(plan.work_dir, rank_budget(config, cluster) // 2, threads=rank_cpus(cluster))
     try:
@@ -196,6 +196,14 @@ def rank_budget(config: TrainConfig, cluster: Cluster | None = None) -> int:
     """Bytes this rank may use: --memory-budget is what the job may use on a machine, shared by its local
     ranks (four ranks at the default 25% take 25% of RAM together, not all of it)."""
     return config.memory_budget_bytes() // dist.local_ranks(cluster or dist.single_process())
+
+
+def hold_bytes(config: TrainConfig, cluster: Cluster | None = None) -> int:
+    """Bytes of joined rows this rank keeps in memory instead of writing them to its work directory
+    (`linreg.inputs.spool`): what the rest of the run leaves of its budget. During the join DuckDB may use
+    half; the exact trainer's fit needs O(p^2), so the rows may take the other half; the gradient trainers
+    also keep float32 copies of the training rows (up to half the budget), so the rows get a quarter."""
+    return rank_budget(config, cluster) // (2 if config.trainer == "exact" else 4)
 
 
 def rank_cpus(cluster: Cluster | None = None) -> int:
