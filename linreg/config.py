@@ -190,8 +190,10 @@ class TrainConfig(BaseModel):
     memory_budget: str = Field("25%", description="Memory the run may use on a machine, shared by its ranks "
                                "(--nproc-per-node): bytes with a unit (512MB, 4GB) or a "
                                "share of this machine's RAM (25%). Half goes to DuckDB's join (at least 128MB; it spills to "
-                               "disk beyond it); gradient trainers keep the training rows in memory while they "
-                               "fit in the other half, and stream them from disk otherwise.")
+                               "disk beyond it); the joined rows stay in memory when they fit in the other half "
+                               "(exact) or a quarter (gradient trainers), else go to a local file; gradient trainers "
+                               "keep the training rows in memory while they fit in the other half, and stream them "
+                               "from disk otherwise.")
 
     # Outputs
     output: str = Field("output", description="Root of the output datasets (weights, metrics, predictions).")
