@@ -212,10 +212,10 @@ def check_unchanged(planned: dict, tables: list[Table]) -> None:
         old = {f["path"]: f for f in before["files"]}
         new = {f["path"]: f for f in after["files"]}
         for path in sorted(old.keys() | new.keys()):
-            if path not in new or (new[path]["size"] is None and old[path]["size"] is not None):
-                changes.append(f"the {after['role']} file {path!r} is gone")
-            elif path not in old:
+            if path not in old:
                 changes.append(f"the {after['role']} file {path!r} is new")
+            elif path not in new or (new[path]["size"] is None and old[path]["size"] is not None):
+                changes.append(f"the {after['role']} file {path!r} is gone")
             elif old[path] != new[path]:
                 changes.append(f"the {after['role']} file {path!r} was rewritten (size {old[path]['size']} -> "
                                f"{new[path]['size']} bytes, modified {old[path]['mtime']} -> {new[path]['mtime']})")
