@@ -71,10 +71,6 @@ class JoinedSink:
             self._writer.write_batch(batch)
         self._batches = None
 
-    @property
-    def in_memory(self) -> bool:
-        return self._batches is not None
-
     def close(self) -> HeldRows | None:
         if self._batches is not None:
             rows = HeldRows(self.path, self.schema, self._batches)
