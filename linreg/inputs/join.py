@@ -420,7 +420,7 @@ def joined_row_bytes(schema: pa.Schema, regions: pa.ChunkedArray) -> int:
     total = 0
     for f in schema:
         kind = f.type.value_type if pa.types.is_dictionary(f.type) else f.type
-        total += text if pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_binary(kind) \
+        total += text if key_kind(kind) == "string" or pa.types.is_binary(kind) \
             else 1 if pa.types.is_boolean(kind) else max(1, kind.bit_width // 8)
     return total
 
